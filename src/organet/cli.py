@@ -1,0 +1,266 @@
+"""The ``organet`` command line: a thin layer over the Python API.
+
+Every command that takes a volume accepts a multi-page TIFF, a folder of
+slices, zarr v2/v3 (``path.zarr/array``), OME-Zarr, N5 (``path.n5/dataset``) or
+HDF5 (``file.h5:/dataset``). Bad input prints one ``error:`` line and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Organelle segmentation in volume EM with 3D U-Nets (ASEM pipeline).",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(msg: str) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from organet.config import ConfigError
+    from organet.model.checkpoint import CheckpointError
+    from organet.volumes import VolumeError
+
+    return (ConfigError, CheckpointError, VolumeError, FileNotFoundError, ValueError)
+
+
+def _run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Call ``fn``; user errors become one clear line and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+def _roi(volume, roi_vox: str | None, roi_nm: str | None):  # type: ignore[no-untyped-def]
+    from organet.volumes import parse_roi
+
+    if roi_vox and roi_nm:
+        _fail("give either --roi-vox or --roi-nm, not both")
+    if roi_vox:
+        return _run(parse_roi, roi_vox, "vox", volume)
+    if roi_nm:
+        return _run(parse_roi, roi_nm, "nm", volume)
+    return None
+
+
+Triple = Annotated[Optional[tuple[float, float, float]], typer.Option(help="nm, (z, y, x); overrides metadata")]
+RoiVox = Annotated[Optional[str], typer.Option("--roi-vox", help="ROI in voxels: z0:z1,y0:y1,x0:x1")]
+RoiNm = Annotated[Optional[str], typer.Option("--roi-nm", help="ROI in nm (world coordinates): z0:z1,y0:y1,x0:x1")]
+
+
+@app.command()
+def convert(
+    src: Annotated[str, typer.Argument(help="input volume (any supported format)")],
+    dst: Annotated[str, typer.Argument(help="output OME-Zarr 0.5 container (DST.zarr)")],
+    voxel_size: Triple = None,
+    offset: Annotated[Optional[tuple[float, float, float]], typer.Option(help="nm, (z, y, x)")] = None,
+    chunks: Annotated[tuple[int, int, int], typer.Option(help="output chunk shape (voxels)")] = (64, 64, 64),
+    roi_vox: RoiVox = None,
+    roi_nm: RoiNm = None,
+    overwrite: bool = False,
+) -> None:
+    """Stream any volume into OME-Zarr 0.5 (never the whole volume in memory)."""
+    from organet.volumes import convert_volume, open_volume
+
+    src_vol = _run(open_volume, src, voxel_size=voxel_size, offset=offset)
+    roi = _roi(src_vol, roi_vox, roi_nm)
+    out = _run(
+        convert_volume, src, dst, voxel_size=voxel_size, offset=offset, chunks=chunks, roi=roi, overwrite=overwrite
+    )
+    console.print(f"wrote {dst}: shape {tuple(out.shape)} {out.dtype}, voxel size {tuple(out.voxel_size)} nm, "
+                  f"offset {tuple(out.offset)} nm")
+
+
+@app.command()
+def info(path: Annotated[str, typer.Argument(help="a volume or a checkpoint (.pt)")]) -> None:
+    """Show a volume's shape, dtype, voxel size and offset, or a checkpoint's metadata."""
+    if path.endswith(".pt"):
+        from organet.model.checkpoint import load_checkpoint
+
+        ckpt = _run(load_checkpoint, path)
+        console.print_json(json.dumps(ckpt.summary(), default=str))
+        return
+    from organet.volumes import open_volume
+
+    v = _run(open_volume, path)
+    console.print(
+        f"{v.path}\n  shape (z, y, x) {tuple(v.shape)}  dtype {v.dtype}  chunks {tuple(v.chunks)}\n"
+        f"  voxel size {tuple(v.voxel_size)} nm  offset {tuple(v.offset)} nm  extent {tuple(v.extent_nm)} nm"
+    )
+
+
+@app.command("valid-sizes")
+def valid_sizes_cmd(
+    num_fmaps: int = 32,
+    levels: Annotated[int, typer.Option(help="number of levels (downsamplings + 1)")] = 4,
+    max_size: int = 300,
+) -> None:
+    """List valid isotropic input sizes of a U-Net and their output sizes."""
+    from organet.model.unet import UNetConfig, valid_sizes
+
+    cfg = UNetConfig(num_fmaps=num_fmaps, downsample_factors=((2, 2, 2),) * (levels - 1))
+    for i, o in valid_sizes(cfg, max_size):
+        console.print(f"{i:4d} -> {o:4d}   (context {(i - o) // 2} per side)")
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="experiment YAML")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="continue the run in this folder")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(help="fine-tune: start from this checkpoint")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="override training.iterations")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="override training.max_minutes")] = None,
+) -> None:
+    """Train a U-Net from a YAML experiment config (or resume a run)."""
+    from organet.config import ConfigError, load_config
+    from organet.train.loop import train as run_training
+
+    if resume is not None:
+        cfg_path = resume / "config.yaml"
+        if config is not None and config.resolve() != cfg_path.resolve():
+            _fail("with --resume the run folder's own config.yaml is used; do not pass another config")
+        if not cfg_path.is_file():
+            _fail(f"--resume {resume}: no config.yaml in that folder")
+        config = cfg_path
+    if config is None:
+        _fail("give a config file, or --resume RUN_DIR")
+    cfg = _run(load_config, config)
+    if iterations is not None:
+        cfg.training.iterations = iterations
+    if max_minutes is not None:
+        cfg.training.max_minutes = max_minutes
+    if resume is not None and Path(cfg.output_dir).resolve() != resume.resolve():
+        _fail(f"config.yaml in {resume} points to another output_dir ({cfg.output_dir})")
+    result = _run(run_training, cfg, resume=resume is not None, init_from=init_from)
+    console.print(f"trained to iteration {result.iteration}; last checkpoint {result.last_checkpoint}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Option(help="checkpoint (.pt); it carries everything else")],
+    input: Annotated[str, typer.Option("--input", help="raw volume")],
+    output: Annotated[str, typer.Option(help="output container OUT.zarr")],
+    roi_vox: RoiVox = None,
+    roi_nm: RoiNm = None,
+    tile: Annotated[Optional[tuple[int, int, int]], typer.Option(help="network input per tile (voxels)")] = None,
+    batch_size: int = 1,
+    device: str = "auto",
+    threshold: float = 0.5,
+    overwrite: bool = False,
+) -> None:
+    """Predict foreground probability (uint8) and a mask over a volume or ROI."""
+    from organet.predict.run import predict_volume
+    from organet.volumes import open_volume
+
+    vol = _run(open_volume, input)
+    roi = _roi(vol, roi_vox, roi_nm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        res = _run(
+            predict_volume, model, vol, output, roi=roi, tile_shape=tile, batch_size=batch_size, device=device,
+            threshold=threshold, overwrite=overwrite,
+        )
+    console.print(
+        f"wrote {res.output}/probability and /mask: ROI {res.roi}, {res.tiles} tiles, {res.seconds:.1f} s, "
+        f"{res.voxels_per_second:,.0f} voxels/s"
+    )
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[str, typer.Option(help="prediction: probability (uint8 0-255 or float) or binary mask")],
+    truth: Annotated[str, typer.Option(help="ground-truth labels (foreground > 0)")],
+    mask: Annotated[Optional[str], typer.Option(help="evaluate only where this is > 0")] = None,
+    exclusion_zone: Annotated[
+        Optional[tuple[int, int]], typer.Option(help="ignore IN voxels inside / OUT outside the true boundary")
+    ] = None,
+    organelle: Annotated[Optional[str], typer.Option(help="use incasem's exclusion width for this organelle")] = None,
+    threshold: Annotated[Optional[list[float]], typer.Option(help="repeat for several")] = None,
+    sweep: Annotated[bool, typer.Option(help="thresholds 0.05..0.95 and a PNG")] = False,
+    roi_vox: RoiVox = None,
+    roi_nm: RoiNm = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="write the result as JSON")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="PNG of the threshold sweep")] = None,
+) -> None:
+    """Voxel F1 / precision / recall / IoU with an optional boundary exclusion zone."""
+    from organet.evaluate import EXCLUSION_ZONE_WIDTHS, evaluate_volumes, plot_threshold_sweep
+    from organet.volumes import open_volume
+
+    p = _run(open_volume, pred)
+    t = _run(open_volume, truth)
+    m = _run(open_volume, mask) if mask else None
+    if exclusion_zone is not None and organelle is not None:
+        _fail("give either --exclusion-zone or --organelle, not both")
+    ez = exclusion_zone
+    if organelle is not None:
+        if organelle not in EXCLUSION_ZONE_WIDTHS:
+            _fail(f"--organelle {organelle!r}: expected one of {sorted(EXCLUSION_ZONE_WIDTHS)}")
+        w = EXCLUSION_ZONE_WIDTHS[organelle]
+        ez = (w, w)
+    thresholds = [round(0.05 * i, 2) for i in range(1, 20)] if sweep else (threshold or [0.5])
+    roi = _roi(t, roi_vox, roi_nm)
+    if roi is not None:
+        p, t, m = (_Cropped(v, roi) if v is not None else None for v in (p, t, m))
+    res = _run(evaluate_volumes, p, t, m, exclusion=ez, thresholds=tuple(thresholds))
+    console.print(res.to_table())
+    if json_out:
+        res.write_json(json_out)
+        console.print(f"wrote {json_out}")
+    if sweep or plot:
+        if res.per_threshold:
+            out = plot or Path("threshold_sweep.png")
+            plot_threshold_sweep(res, out)
+            console.print(f"wrote {out}")
+
+
+class _Cropped:
+    """A read-only view of an ROI of a volume (same interface as Volume for reading)."""
+
+    def __init__(self, vol, roi) -> None:  # type: ignore[no-untyped-def]
+        self.vol, self.roi = vol, roi
+        self.shape = tuple(roi.shape)
+        self.dtype = vol.dtype
+        self.attrs = getattr(vol, "attrs", {})
+
+    def read(self, sl):  # type: ignore[no-untyped-def]
+        shifted = tuple(slice(s.start + o, s.stop + o) for s, o in zip(sl, self.roi.offset))
+        return self.vol.read(shifted)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("organet-demo"),
+    minutes: Annotated[float, typer.Option(help="training time budget")] = 3.0,
+    data: Annotated[Optional[Path], typer.Option(help="real data folder in lucchi_pp layout")] = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> None:
+    """Synthesize a FIB-SEM-like volume, train a small U-Net, predict held-out data, print F1."""
+    from organet.demo.run import run_demo
+
+    res = _run(run_demo, out, minutes=minutes, data=data, seed=seed, overwrite=overwrite, log=console.print)
+    console.print(res.table())
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Experiment configuration (YAML validated by pydantic).
+
+Relative paths in a config file are resolved against the directory of that
+file. Unknown keys and bad values are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from organet.model.unet import UNetConfig, output_shape, valid_sizes
+from organet.preprocess.normalize import Normalization
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Triple = tuple[int, int, int]
+TripleF = tuple[float, float, float]
+
+
+class RoiSpec(_Strict):
+    """One block of data: raw + labels (+ optional sample mask) and an ROI.
+
+    ``roi_vox`` / ``roi_nm`` are ``"z0:z1,y0:y1,x0:x1"`` strings (empty parts
+    mean the whole axis); give at most one. No ROI = the whole volume.
+    """
+
+    name: str | None = None
+    raw: str
+    labels: str
+    mask: str | None = None
+    roi_vox: str | None = None
+    roi_nm: str | None = None
+    voxel_size: TripleF | None = Field(default=None, description="nm (z, y, x); overrides file metadata")
+    naive: bool = Field(default=False, description="validation only: a cell never seen in training")
+
+    @model_validator(mode="after")
+    def _one_roi(self) -> "RoiSpec":
+        if self.roi_vox is not None and self.roi_nm is not None:
+            raise ValueError("give either 'roi_vox' or 'roi_nm', not both")
+        return self
+
+
+class DataConfig(_Strict):
+    train: list[RoiSpec] = Field(min_length=1)
+    validation: list[RoiSpec] = Field(default_factory=list)
+    cache_max_gib: float = Field(default=4.0, ge=0, description="training ROIs up to this size are held in RAM")
+
+
+class ModelConfig(_Strict):
+    num_fmaps: int = Field(default=32, ge=1)
+    fmap_inc_factor: int = Field(default=2, ge=1)
+    downsample_factors: list[Triple] = Field(default_factory=lambda: [(2, 2, 2)] * 3)
+    input_shape: Triple = (204, 204, 204)
+
+    def architecture(self) -> UNetConfig:
+        return UNetConfig(
+            num_fmaps=self.num_fmaps,
+            fmap_inc_factor=self.fmap_inc_factor,
+            downsample_factors=tuple(tuple(f) for f in self.downsample_factors),  # type: ignore[arg-type]
+        )
+
+    @model_validator(mode="after")
+    def _valid_shape(self) -> "ModelConfig":
+        arch = self.architecture()
+        if output_shape(arch, self.input_shape) is None:
+            sizes = [s for s, _ in valid_sizes(arch, 320)]
+            near = sorted(sizes, key=lambda s: abs(s - self.input_shape[0]))[:4]
+            raise ValueError(
+                f"input_shape {list(self.input_shape)} is not valid for this network; "
+                f"valid sizes per axis near it: {sorted(near)}"
+            )
+        return self
+
+
+class SamplingConfig(_Strict):
+    min_foreground: float = Field(default=0.05, ge=0, le=1, description="fraction of fg in the output block")
+    reject_probability: float = Field(default=0.9, ge=0, le=1)
+    min_masked: float = Field(default=0.75, ge=0, le=1, description="fraction inside the sample mask")
+    mask_reject_probability: float = Field(default=0.95, ge=0, le=1)
+
+
+class AugmentSettings(_Strict):
+    enabled: bool = True
+    mirror: bool = True
+    transpose: bool = True
+    elastic: bool = True
+    control_point_spacing: int = Field(default=32, ge=1)
+    jitter_sigma: float = Field(default=2.0, ge=0)
+    elastic_subsample: int = Field(default=4, ge=1)
+    rotate_xy: bool = True
+    rotation_max: float = Field(default=math.pi / 2, ge=0, le=2 * math.pi)
+    intensity: bool = True
+    intensity_scale: tuple[float, float] = (0.85, 1.15)
+    intensity_shift: tuple[float, float] = Field(default=(-0.15, 0.15), description="on the [0, 1] scale")
+    intensity_clip: bool = True
+
+
+class LossConfig(_Strict):
+    class_balance: bool = True
+    frac_clip: tuple[float, float] = (0.01, 0.99)
+
+
+class OptimizerConfig(_Strict):
+    lr: float = Field(default=3e-5, gt=0)
+    weight_decay: float = Field(default=3e-5, ge=0)
+
+
+class TrainingConfig(_Strict):
+    iterations: int = Field(default=100_000, ge=1)
+    batch_size: int = Field(default=1, ge=1)
+    checkpoint_every: int = Field(default=1000, ge=1)
+    max_minutes: float | None = Field(default=None, gt=0, description="stop (with a checkpoint) after this time")
+    device: str = "auto"
+    log_every: int = Field(default=10, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu") and not v.startswith("cuda"):
+            raise ValueError(f"must be 'auto', 'cpu' or 'cuda[:N]', got {v!r}")
+        return v
+
+
+class ValidationConfig(_Strict):
+    exclusion_zone: tuple[int, int] | None = Field(default=(4, 4), description="(inner, outer) voxels")
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    tile_input_shape: Triple | None = None
+    batch_size: int = Field(default=1, ge=1)
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    organelle: str = "mito"
+    output_dir: str = Field(default="runs/experiment", description="run folder (relative to the config file)")
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    normalization: Normalization = Field(default_factory=Normalization)
+    data: DataConfig
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    augment: AugmentSettings = Field(default_factory=AugmentSettings)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+
+    def resolve_paths(self, base: Path) -> "ExperimentConfig":
+        """A copy with data and output paths made absolute against ``base``."""
+
+        def res(p: str | None) -> str | None:
+            if p is None:
+                return None
+            # keep the in-container part (``a.zarr/x`` or ``f.h5:/x``) intact
+            return p if Path(p.split(":/")[0]).is_absolute() else str((base / p))
+
+        d = self.model_dump()
+        for group in ("train", "validation"):
+            for r in d["data"][group]:
+                for k in ("raw", "labels", "mask"):
+                    r[k] = res(r[k])
+        d["output_dir"] = res(d["output_dir"])
+        return ExperimentConfig.model_validate(d)
+
+
+def format_validation_error(e: ValidationError, source: str) -> str:
+    """One line per problem: ``source: key.path: message (got value)``."""
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = err.get("input")
+        shown = "" if err["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{source}: {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Load, validate and resolve relative paths of a YAML experiment config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return parse_config(data, str(path)).resolve_paths(path.parent.resolve())

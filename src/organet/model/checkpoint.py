@@ -1,0 +1,140 @@
+"""Self-describing checkpoints.
+
+A checkpoint holds everything prediction needs: the architecture, the input
+shape the model was trained with, the voxel size (nm, z, y, x), the intensity
+normalization, the organelle, the training config, the iteration and the latest
+metrics, plus the weights. Optimizer and RNG states are included for resuming.
+Writes are atomic (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from organet.model.unet import UNet, UNetConfig, output_shape
+from organet.preprocess.normalize import Normalization
+
+FORMAT = "organet-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, foreign, or mismatching."""
+
+
+@dataclass
+class Checkpoint:
+    architecture: UNetConfig
+    input_shape: tuple[int, int, int]
+    voxel_size: tuple[float, float, float]
+    normalization: Normalization
+    organelle: str
+    state_dict: dict[str, torch.Tensor]
+    iteration: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training_config: dict[str, Any] = field(default_factory=dict)
+    optimizer_state: dict[str, Any] | None = None
+    rng_state: dict[str, Any] | None = None
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        o = output_shape(self.architecture, self.input_shape)
+        if o is None:
+            raise CheckpointError(f"checkpoint input shape {self.input_shape} is not valid for its architecture")
+        return o
+
+    def build_model(self) -> UNet:
+        """The network with the stored weights loaded (on CPU, eval mode)."""
+        model = UNet(self.architecture)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointError(f"weights do not match the stored architecture: {first}") from None
+        return model.eval()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "architecture": self.architecture.to_dict(),
+            "input_shape": list(self.input_shape),
+            "voxel_size": list(self.voxel_size),
+            "normalization": self.normalization.model_dump(),
+            "organelle": self.organelle,
+            "iteration": self.iteration,
+            "metrics": self.metrics,
+            "training_config": self.training_config,
+            "state_dict": self.state_dict,
+            "optimizer_state": self.optimizer_state,
+            "rng_state": self.rng_state,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The metadata without tensors (for printing)."""
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in ("state_dict", "optimizer_state", "rng_state", "training_config")
+        }
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
+    """Write ``ckpt`` to ``path`` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(ckpt.to_dict(), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, expect_architecture: UNetConfig | None = None) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises :class:`CheckpointError` for a missing file, a file that is not an
+    organet checkpoint, or (with ``expect_architecture``) another architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an organet checkpoint (no '{FORMAT}' header)")
+    if d.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} was written by a newer organet (format version {d['version']} > {VERSION})")
+    arch = UNetConfig.from_dict(d["architecture"])
+    if expect_architecture is not None and arch != expect_architecture:
+        raise CheckpointError(
+            f"checkpoint {path} has another architecture: {arch.to_dict()} (expected {expect_architecture.to_dict()})"
+        )
+    ckpt = Checkpoint(
+        architecture=arch,
+        input_shape=tuple(d["input_shape"]),  # type: ignore[arg-type]
+        voxel_size=tuple(float(v) for v in d["voxel_size"]),  # type: ignore[arg-type]
+        normalization=Normalization(**d["normalization"]),
+        organelle=d["organelle"],
+        state_dict=d["state_dict"],
+        iteration=int(d.get("iteration", 0)),
+        metrics=d.get("metrics") or {},
+        training_config=d.get("training_config") or {},
+        optimizer_state=d.get("optimizer_state"),
+        rng_state=d.get("rng_state"),
+    )
+    # validate weights against the architecture now, not at first use
+    ckpt.build_model()
+    return ckpt

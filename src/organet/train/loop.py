@@ -1,0 +1,341 @@
+"""The training loop: sampling, augmentation, balanced loss, Adam, periodic
+checkpoints and whole-ROI validation, metrics (JSONL + TensorBoard + PNG),
+resume and fine-tuning.
+
+Run folder layout::
+
+    RUN/config.yaml            the validated config (absolute paths)
+    RUN/checkpoints/iter_0001000.pt
+    RUN/metrics.jsonl          one JSON object per line: kind=train|validation
+    RUN/curves.png             training / validation loss and F1 (seed Fig S4)
+    RUN/tensorboard/
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+
+from organet.config import ConfigError, ExperimentConfig, RoiSpec
+from organet.evaluate import evaluate_arrays
+from organet.model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from organet.model.unet import UNet, output_shape
+from organet.predict.tiled import default_tile_shape, predict_array, resolve_device
+from organet.train.augment import AugmentConfig, augment, transpose_axes_from_voxel_size, upstream_shape
+from organet.train.loss import balanced_cross_entropy
+from organet.train.plots import plot_curves
+from organet.train.sampling import BlockSampler, RoiData, check_binary, load_roi, open_roi_volumes
+
+
+@dataclass
+class ValidationRoi:
+    name: str
+    naive: bool
+    raw: Any  # Volume
+    roi: Any  # Roi
+    labels: np.ndarray
+    mask: np.ndarray | None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iteration: int
+    last_checkpoint: Path | None
+    validation: list[dict[str, Any]] = field(default_factory=list)
+
+
+def augment_config(cfg: ExperimentConfig, voxel_size: tuple[float, float, float]) -> tuple[AugmentConfig, tuple[int, ...]]:
+    """Augmentation for data of ``voxel_size`` (nm) and the axes that may be
+    transposed: only axes of equal voxel size mix, and xy rotation needs square
+    xy voxels."""
+    axes = transpose_axes_from_voxel_size(voxel_size, rtol=1e-3)
+    a = cfg.augment.model_dump()
+    a["transpose"] = a["transpose"] and len(axes) > 1
+    a["rotate_xy"] = a["rotate_xy"] and math.isclose(voxel_size[1], voxel_size[2], rel_tol=1e-3)
+    return AugmentConfig(**a), axes
+
+
+def _metrics_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop rows logged after ``iteration`` (work lost since the last checkpoint)."""
+    rows = [r for r in _metrics_rows(path) if r["iteration"] <= iteration]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("iter_*.pt"))
+    return ckpts[-1] if ckpts else None
+
+
+class Trainer:
+    """Trains one model from an :class:`ExperimentConfig` (paths already resolved)."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        resume: bool = False,
+        init_from: str | Path | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.run_dir = Path(cfg.output_dir)
+        self.arch = cfg.model.architecture()
+        self.in_shape = tuple(cfg.model.input_shape)
+        self.out_shape = output_shape(self.arch, self.in_shape)
+        self.device = resolve_device(cfg.training.device)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+        existing = latest_checkpoint(self.run_dir)
+        if existing is not None and not resume:
+            raise ConfigError(
+                f"run folder {self.run_dir} already has checkpoints; use --resume {self.run_dir} "
+                "to continue it, or set output_dir to a new folder"
+            )
+        if resume and existing is None:
+            raise ConfigError(f"nothing to resume in {self.run_dir}: no checkpoints/iter_*.pt")
+
+        self.train_rois = [load_roi(s, cfg.data.cache_max_gib, i) for i, s in enumerate(cfg.data.train)]
+        self.voxel_size = self.train_rois[0].voxel_size
+        for r in self.train_rois[1:]:
+            if not np.allclose(r.voxel_size, self.voxel_size, rtol=0.05):
+                raise ConfigError(
+                    f"training ROI {r.name} has voxel size {r.voxel_size} nm but {self.train_rois[0].name} has "
+                    f"{self.voxel_size} nm; resample the data to one voxel size first"
+                )
+        self.val_rois = [self._load_validation(s, i) for i, s in enumerate(cfg.data.validation)]
+        self.aug, self.transpose_axes = augment_config(cfg, self.voxel_size)
+        self.upstream = upstream_shape(self.in_shape, self.aug)
+        self.sampler = BlockSampler(self.train_rois, self.out_shape, self.upstream, cfg.sampling)
+
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.model = UNet(self.arch).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay
+        )
+        self.iteration = 0
+        self.init_from = str(init_from) if init_from else None
+        if resume:
+            self._restore(existing)  # type: ignore[arg-type]
+        elif init_from is not None:
+            self._init_from(Path(init_from))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    # -- setup -------------------------------------------------------------
+
+    def _load_validation(self, spec: RoiSpec, index: int) -> ValidationRoi:
+        raw, labels, mask, roi = open_roi_volumes(spec)
+        lab = check_binary(labels.read(roi), f"{labels.path} (ROI {roi})")
+        m = (mask.read(roi) > 0).astype(np.uint8) if mask is not None else None
+        return ValidationRoi(spec.name or f"val{index}", spec.naive, raw, roi, lab, m)
+
+    def _init_from(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, expect_architecture=self.arch)
+        if ckpt.normalization != self.cfg.normalization:
+            raise ConfigError(
+                f"--init-from {path} was trained with normalization {ckpt.normalization.model_dump()} but the "
+                f"config says {self.cfg.normalization.model_dump()}; use the same normalization to fine-tune"
+            )
+        self.model.load_state_dict(ckpt.state_dict)
+        self.log(f"initialised from {path} (iteration {ckpt.iteration} of its run)")
+
+    def _restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, expect_architecture=self.arch)
+        self.model.load_state_dict(ckpt.state_dict)
+        if ckpt.optimizer_state is not None:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+        if ckpt.rng_state is not None:
+            self.rng.bit_generator.state = ckpt.rng_state["numpy"]
+            torch.set_rng_state(ckpt.rng_state["torch"])
+        self.iteration = ckpt.iteration
+        self.init_from = ckpt.training_config.get("init_from")
+        _truncate_metrics(self.metrics_path, self.iteration)
+        self.log(f"resuming {self.run_dir} at iteration {self.iteration}")
+
+    # -- steps ---------------------------------------------------------------
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        raws, labs, masks, fgs = [], [], [], []
+        for _ in range(self.cfg.training.batch_size):
+            s = self.sampler.draw(self.rng)
+            r = self.sampler.rois[s.roi_index]
+            raw = self.cfg.normalization.apply(s.raw, r.raw_dtype)
+            x, y, m = augment(
+                raw, s.labels, s.mask, self.in_shape, self.out_shape, self.aug, self.rng, self.transpose_axes
+            )
+            raws.append(x)
+            labs.append(y)
+            masks.append(m)
+            fgs.append(s.foreground)
+        t = lambda a: torch.from_numpy(np.stack(a)).to(self.device)  # noqa: E731
+        return t(raws)[:, None], t(labs), t(masks), float(np.mean(fgs))
+
+    def step(self) -> dict[str, float]:
+        self.model.train()
+        x, y, m, fg = self._batch()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits = self.model(x)
+        loss = balanced_cross_entropy(logits, y, m, self.cfg.loss.class_balance, self.cfg.loss.frac_clip)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.iteration += 1
+        return {"loss": float(loss.detach()), "foreground": fg}
+
+    def validate(self) -> list[dict[str, Any]]:
+        """Predict each validation ROI whole (tiled) and score it."""
+        rows = []
+        vc = self.cfg.validation
+        for v in self.val_rois:
+            t0 = time.time()
+            tile = vc.tile_input_shape or default_tile_shape(self.arch, v.roi.shape)
+            prob = predict_array(
+                self.model, v.raw, self.cfg.normalization, v.roi.offset, v.roi.shape, tile, vc.batch_size, self.device
+            )
+            valid = v.mask.astype(bool) if v.mask is not None else np.ones(prob.shape, bool)
+            p_true = np.where(v.labels > 0, prob, 1.0 - prob)[valid]
+            ce = -np.log(np.clip(p_true, 1e-7, 1.0))
+            frac = float(np.clip(v.labels[valid].mean() if valid.any() else 0.5, *self.cfg.loss.frac_clip))
+            w = np.where(v.labels[valid] > 0, 1 / (2 * frac), 1 / (2 * (1 - frac)))
+            loss = float((ce * w).mean()) if ce.size else float("nan")
+            with_ez = evaluate_arrays(prob, v.labels, v.mask, vc.exclusion_zone, (vc.threshold,))[vc.threshold]
+            no_ez = evaluate_arrays(prob, v.labels, v.mask, None, (vc.threshold,))[vc.threshold]
+            rows.append(
+                {
+                    "kind": "validation",
+                    "iteration": self.iteration,
+                    "roi": v.name,
+                    "naive": v.naive,
+                    "loss": loss,
+                    "f1": with_ez.f1,
+                    "precision": with_ez.precision,
+                    "recall": with_ez.recall,
+                    "iou": with_ez.iou,
+                    "f1_no_exclusion": no_ez.f1,
+                    "exclusion_zone": list(vc.exclusion_zone) if vc.exclusion_zone else None,
+                    "seconds": round(time.time() - t0, 2),
+                }
+            )
+        return rows
+
+    def checkpoint(self, metrics: dict[str, Any]) -> Path:
+        ckpt = Checkpoint(
+            architecture=self.arch,
+            input_shape=self.in_shape,  # type: ignore[arg-type]
+            voxel_size=self.voxel_size,
+            normalization=self.cfg.normalization,
+            organelle=self.cfg.organelle,
+            state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            iteration=self.iteration,
+            metrics=metrics,
+            training_config={**self.cfg.model_dump(mode="json"), "init_from": self.init_from},
+            optimizer_state=self.optimizer.state_dict(),
+            rng_state={"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
+        )
+        return save_checkpoint(ckpt, self.run_dir / "checkpoints" / f"iter_{self.iteration:07d}.pt")
+
+    # -- main loop -------------------------------------------------------------
+
+    def _log_rows(self, rows: list[dict[str, Any]], tb: Any) -> None:
+        with open(self.metrics_path, "a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+                if tb is not None:
+                    if r["kind"] == "train":
+                        tb.add_scalar("train/loss", r["loss"], r["iteration"])
+                    else:
+                        for k in ("loss", "f1", "precision", "recall", "f1_no_exclusion"):
+                            if r[k] is not None and not (isinstance(r[k], float) and math.isnan(r[k])):
+                                tb.add_scalar(f"validation/{r['roi']}/{k}", r[k], r["iteration"])
+
+    def run(self, progress: bool = True) -> TrainResult:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        tc = self.cfg.training
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.iteration + 1)
+        except ImportError:  # tensorboard is a dependency, but keep training usable without it
+            tb = None
+        deadline = time.time() + tc.max_minutes * 60 if tc.max_minutes else None
+        last_ckpt: Path | None = latest_checkpoint(self.run_dir)
+        val_rows: list[dict[str, Any]] = []
+        pending: list[dict[str, Any]] = []
+        losses: list[float] = []
+        t_start = time.time()
+        with Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not progress,
+        ) as bar:
+            task = bar.add_task("train", total=tc.iterations, completed=self.iteration, loss="-")
+            while self.iteration < tc.iterations:
+                out = self.step()
+                losses.append(out["loss"])
+                if self.iteration % tc.log_every == 0:
+                    pending.append(
+                        {
+                            "kind": "train",
+                            "iteration": self.iteration,
+                            "loss": float(np.mean(losses)),
+                            "foreground": out["foreground"],
+                            "elapsed_s": round(time.time() - t_start, 1),
+                        }
+                    )
+                    bar.update(task, loss=f"{np.mean(losses):.4f}")
+                    losses = []
+                bar.update(task, completed=self.iteration)
+                out_of_time = deadline is not None and time.time() >= deadline
+                if self.iteration % tc.checkpoint_every == 0 or self.iteration == tc.iterations or out_of_time:
+                    val_rows = self.validate()
+                    self._log_rows(pending + val_rows, tb)
+                    pending = []
+                    metrics = {r["roi"]: {k: r[k] for k in ("loss", "f1", "precision", "recall")} for r in val_rows}
+                    last_ckpt = self.checkpoint(metrics)
+                    plot_curves(_metrics_rows(self.metrics_path), self.run_dir / "curves.png")
+                    for r in val_rows:
+                        self.log(
+                            f"iteration {r['iteration']}: {r['roi']}: F1 {r['f1']:.4f} (no exclusion "
+                            f"{r['f1_no_exclusion']:.4f}) loss {r['loss']:.4f}"
+                        )
+                if out_of_time:
+                    self.log(f"stopping after {tc.max_minutes} min at iteration {self.iteration}")
+                    break
+        if tb is not None:
+            tb.close()
+        return TrainResult(self.run_dir, self.iteration, last_ckpt, val_rows)
+
+
+def train(
+    cfg: ExperimentConfig,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train (or resume / fine-tune) as configured; returns where it ended."""
+    return Trainer(cfg, resume=resume, init_from=init_from, log=log).run(progress=progress)

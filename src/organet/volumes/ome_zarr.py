@@ -1,0 +1,239 @@
+"""OME-Zarr metadata (0.4 / 0.5) and the atomic OME-Zarr 0.5 writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from .errors import Vec3, VolumeError, as_int3, as_vec3, unit_to_nm
+from .volume import Unavailable, Volume
+
+OME_VERSION = "0.5"
+ORGANET_KEY = "organet"  # group attribute holding organet's own metadata (Volume.attrs)
+
+
+def find_multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The ``multiscales`` list of a group: 0.5 (``attrs["ome"]``) or <= 0.4 (top level)."""
+    ome = attrs.get("ome")
+    if isinstance(ome, dict) and isinstance(ome.get("multiscales"), list) and ome["multiscales"]:
+        return ome["multiscales"]
+    ms = attrs.get("multiscales")
+    if isinstance(ms, list) and ms:
+        return ms
+    return None
+
+
+def ome_geometry(multiscale: dict[str, Any], dataset: dict[str, Any], shape: Sequence[int], where: str) -> tuple[int, Vec3, Vec3]:
+    """Geometry of one OME-Zarr dataset.
+
+    Returns (number of leading non-spatial axes to squeeze, voxel size nm, offset nm),
+    both (z, y, x); composes dataset- then multiscale-level transforms and converts
+    axis units to nm.
+    """
+    ndim = len(shape)
+    axes = multiscale.get("axes")
+    if axes is None:  # OME-Zarr <= 0.2: implicitly t, c, z, y, x
+        names = ["t", "c", "z", "y", "x"][-ndim:]
+        types: list[Any] = [None] * ndim
+        units: list[Any] = [None] * ndim
+    else:
+        if len(axes) != ndim:
+            raise VolumeError(f"{where}: {len(axes)} OME axes but the array has {ndim} dimensions")
+        names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
+        types = [a.get("type") if isinstance(a, dict) else None for a in axes]
+        units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
+    spatial = [i for i, (n, t) in enumerate(zip(names, types)) if t == "space" or (t is None and n in ("z", "y", "x"))]
+    spatial_names = [names[i] for i in spatial]
+    if spatial_names not in (["z", "y", "x"], ["y", "x"]) or spatial != list(range(ndim - len(spatial), ndim)):
+        raise VolumeError(f"{where}: OME axes {names} are not supported; expected trailing spatial axes z, y, x")
+    n_lead = ndim - len(spatial)
+    if any(int(s) != 1 for s in shape[:n_lead]):
+        raise VolumeError(
+            f"{where}: non-spatial axes {names[:n_lead]} have shape {tuple(shape[:n_lead])}; only size 1 is supported"
+        )
+    scale = np.ones(ndim)
+    trans = np.zeros(ndim)
+    for t in list(dataset.get("coordinateTransformations") or []) + list(multiscale.get("coordinateTransformations") or []):
+        kind = t.get("type")
+        if kind == "identity":
+            continue
+        if "path" in t or kind not in ("scale", "translation"):
+            raise VolumeError(f"{where}: unsupported OME coordinate transformation {t}")
+        values = np.asarray(t[kind], dtype=float)
+        if values.shape != (ndim,):
+            raise VolumeError(f"{where}: OME {kind} {t[kind]} does not match {ndim} axes")
+        if kind == "scale":
+            scale, trans = scale * values, trans * values
+        else:
+            trans = trans + values
+    factors = []
+    for i in spatial:
+        if units[i] is None:
+            warnings.warn(f"{where}: OME axis {names[i]!r} has no unit; assuming nanometer", stacklevel=3)
+            factors.append(1.0)
+        elif (f := unit_to_nm(units[i])) is None:
+            raise VolumeError(f"{where}: unsupported unit {units[i]!r} on OME axis {names[i]!r}")
+        else:
+            factors.append(f)
+    vs = [float(scale[i] * f) for i, f in zip(spatial, factors)]
+    off = [float(trans[i] * f) for i, f in zip(spatial, factors)]
+    if len(vs) == 2:
+        vs, off = [1.0, *vs], [0.0, *off]
+    return n_lead, as_vec3(vs, f"{where}: OME scale", positive=True), as_vec3(off, f"{where}: OME translation")
+
+
+def ome_image_attrs(name: str, voxel_size: Vec3, offset: Vec3, dataset_path: str = "s0") -> dict[str, Any]:
+    """Group attributes of a single-scale OME-Zarr 0.5 image, (z, y, x) in nanometres."""
+    return {
+        "ome": {
+            "version": OME_VERSION,
+            "multiscales": [
+                {
+                    "name": name,
+                    "axes": [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"],
+                    "datasets": [
+                        {
+                            "path": dataset_path,
+                            "coordinateTransformations": [
+                                {"type": "scale", "scale": list(voxel_size)},
+                                {"type": "translation", "translation": list(offset)},
+                            ],
+                        }
+                    ],
+                }
+            ],
+        }
+    }
+
+
+class OmeZarrWriter:
+    """Creates OME-Zarr 0.5 images inside the temporary container of :func:`write_ome_zarr`."""
+
+    def __init__(self, root: zarr.Group, tmp: Path, dst: Path) -> None:
+        self.root, self.tmp_path, self.path = root, tmp, dst
+        self._images: dict[str | None, Volume] = {}
+        self._open = True
+
+    def create_image(
+        self,
+        name: str | None,
+        shape: Sequence[int],
+        dtype: Any,
+        voxel_size: Sequence[float],
+        offset: Sequence[float] = (0.0, 0.0, 0.0),
+        chunks: Sequence[int] = (64, 64, 64),
+        attrs: dict[str, Any] | None = None,
+        fill_value: Any = 0,
+    ) -> Volume:
+        """Create an image group (``name`` None = the root group) with array ``s0``.
+
+        ``shape``/``chunks`` in voxels, ``voxel_size``/``offset`` in nm, all (z, y, x);
+        chunks are clipped to the shape. ``attrs`` (JSON-serialisable) is stored under
+        the group attribute ``"organet"`` and returned as ``Volume.attrs`` when opened.
+        Returns a writable Volume (read-only after the ``with`` block commits).
+        """
+        if not self._open:
+            raise VolumeError(f"writer for {self.path} is closed")
+        if name is not None:
+            name = str(name).strip("/")
+            if not name or any(p in ("", ".", "..") for p in name.split("/")):
+                raise VolumeError(f"invalid image name {name!r}")
+        if name in self._images:
+            raise VolumeError(f"image {name or '<root>'!r} already exists in {self.path}")
+        shape = as_int3(shape, "image shape", minimum=1)
+        chunks = as_int3(chunks, "chunks", minimum=1)
+        chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
+        vs = as_vec3(voxel_size, "voxel size (nm)", positive=True)
+        off = as_vec3(offset, "offset (nm)")
+        try:
+            meta = json.loads(json.dumps(attrs or {}))
+        except (TypeError, ValueError) as e:
+            raise VolumeError(f"image attrs must be JSON-serialisable: {e}") from None
+        dtype = np.dtype(dtype)
+        group = self.root if name is None else self.root.require_group(name)
+        group.attrs.update({**ome_image_attrs(name or self.path.stem, vs, off), ORGANET_KEY: meta})
+        shuffle = "bitshuffle" if dtype.itemsize == 1 else "shuffle"
+        arr = group.create_array(
+            "s0",
+            shape=shape,
+            dtype=dtype,
+            chunks=chunks,
+            fill_value=fill_value,
+            compressors=[BloscCodec(cname="zstd", clevel=5, shuffle=shuffle)],
+            dimension_names=["z", "y", "x"],
+        )
+        final = str(self.path) if name is None else f"{self.path}/{name}"
+        vol = Volume(arr, vs, off, path=final, attrs=meta, chunks=chunks, writable=True)
+        vol._spec, vol._mode = (str(self.tmp_path) if name is None else f"{self.tmp_path}/{name}"), "r+"
+        self._images[name] = vol
+        return vol
+
+    def _commit(self) -> None:
+        """Rebind the created volumes to the committed container (read-only)."""
+        self._open = False
+        for name, vol in self._images.items():
+            vol.data = zarr.open_array(str(self.path), path=f"{name}/s0" if name else "s0", mode="r")
+            vol.writable, vol._spec, vol._mode = False, vol.path, "r"
+
+    def _abort(self) -> None:
+        self._open = False
+        for vol in self._images.values():
+            vol.data = Unavailable(vol.shape, vol.dtype, f"writing {vol.path} was aborted; nothing was written")
+            vol.writable, vol._spec = False, None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def write_ome_zarr(dst: str | os.PathLike[str], overwrite: bool = False) -> Iterator[OmeZarrWriter]:
+    """Write a zarr v3 OME-Zarr container atomically.
+
+    Everything is written to a temporary sibling ``<dst>.tmp-<random>`` that is renamed
+    to ``dst`` when the block exits normally (replacing ``dst`` if ``overwrite``); on an
+    exception it is deleted and ``dst`` is untouched. ``dst`` may also be a path inside
+    an existing container (``out.zarr/probability``) to add one image atomically.
+    """
+    dst = Path(dst).expanduser()
+    if (dst.exists() or dst.is_symlink()) and not overwrite:
+        raise VolumeError(f"output already exists: {dst} (pass overwrite=True to replace it)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f"{dst.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        root = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
+    except Exception as e:
+        _remove(tmp)
+        raise VolumeError(f"cannot create zarr container {tmp}: {e}") from e
+    writer = OmeZarrWriter(root, tmp, dst)
+    try:
+        yield writer
+    except BaseException:
+        writer._abort()
+        _remove(tmp)
+        raise
+    if dst.exists() or dst.is_symlink():
+        if not overwrite:
+            writer._abort()
+            _remove(tmp)
+            raise VolumeError(f"output appeared while writing: {dst} (pass overwrite=True to replace it)")
+        old = dst.with_name(f"{dst.name}.old-{secrets.token_hex(4)}")
+        os.replace(dst, old)
+        os.replace(tmp, dst)
+        _remove(old)
+    else:
+        os.replace(tmp, dst)
+    writer._commit()

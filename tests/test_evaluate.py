@@ -117,7 +117,7 @@ def test_exclusion_zone_cube_exact_voxels() -> None:
     truth = np.zeros((9, 9, 9), dtype=np.uint8)
     truth[3:6, 3:6, 3:6] = 1  # 3x3x3 cube, centre (4, 4, 4)
     fg = truth > 0
-    zone = exclusion_zone(truth, 1, 1)
+    zone = exclusion_zone(truth, 1, 1, metric="euclidean")
     # inside: every cube voxel except the centre touches the background
     expected_in = fg.copy()
     expected_in[4, 4, 4] = False
@@ -135,7 +135,7 @@ def test_exclusion_zone_cube_exact_voxels() -> None:
     assert np.array_equal(exclusion_zone(truth, 2, 0), fg)
     # outer = 2: Euclidean adds faces at distance 2 (54), edge diagonals sqrt2 (12*3) and
     # corner diagonals sqrt3 (8); taxicab (incasem) keeps the edges (L1 = 2) but not the corners (L1 = 3)
-    assert exclusion_zone(truth, 0, 2).sum() == 108 + 36 + 8
+    assert exclusion_zone(truth, 0, 2, metric="euclidean").sum() == 108 + 36 + 8
     assert exclusion_zone(truth, 0, 2, metric="taxicab").sum() == 108 + 36
     assert not (exclusion_zone(truth, 0, 2) & fg).any()
 
@@ -160,7 +160,7 @@ def test_exclusion_zone_matches_brute_force() -> None:
     d_to_fg = np.where(flat[None, :], d, np.inf).min(1)
     for inner, outer in [(1, 1), (2, 3), (1, 2)]:
         expected = (flat & (d_to_bg <= inner)) | (~flat & (d_to_fg <= outer))
-        assert np.array_equal(exclusion_zone(truth, inner, outer).ravel(), expected)
+        assert np.array_equal(exclusion_zone(truth, inner, outer, metric="euclidean").ravel(), expected)
 
 
 def test_taxicab_matches_incasem_dilation_erosion_away_from_border() -> None:

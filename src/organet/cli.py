@@ -216,7 +216,7 @@ def evaluate(
     thresholds = [round(0.05 * i, 2) for i in range(1, 20)] if sweep else (threshold or [0.5])
     roi = _roi(t, roi_vox, roi_nm)
     if roi is not None:
-        p, t, m = (_Cropped(v, roi) if v is not None else None for v in (p, t, m))
+        p, t, m = (_run(v.crop, roi) if v is not None else None for v in (p, t, m))
     res = _run(evaluate_volumes, p, t, m, exclusion=ez, thresholds=tuple(thresholds))
     console.print(res.to_table())
     if json_out:
@@ -227,20 +227,6 @@ def evaluate(
             out = plot or Path("threshold_sweep.png")
             plot_threshold_sweep(res, out)
             console.print(f"wrote {out}")
-
-
-class _Cropped:
-    """A read-only view of an ROI of a volume (same interface as Volume for reading)."""
-
-    def __init__(self, vol, roi) -> None:  # type: ignore[no-untyped-def]
-        self.vol, self.roi = vol, roi
-        self.shape = tuple(roi.shape)
-        self.dtype = vol.dtype
-        self.attrs = getattr(vol, "attrs", {})
-
-    def read(self, sl):  # type: ignore[no-untyped-def]
-        shifted = tuple(slice(s.start + o, s.stop + o) for s, o in zip(sl, self.roi.offset))
-        return self.vol.read(shifted)
 
 
 @app.command()

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from organet.config import ConfigError, ExperimentConfig, parse_config
 
 # A reduced network for CPUs: 3 levels, 12 feature maps (vs. 4 levels and 32).
@@ -126,7 +124,7 @@ def run_demo(
     roi = parse_roi(val_roi, "vox", raw_vol)
     log(f"predicting held-out ROI {roi} ...")
     pred = predict_volume(result.last_checkpoint, raw_vol, out / "prediction.zarr", roi=roi, progress=True)
-    truth = _RoiView(open_volume(labels, voxel_size=voxel_size), roi)
+    truth = open_volume(labels, voxel_size=voxel_size).crop(roi)
     prob = open_volume(str(out / "prediction.zarr" / "probability"))
     metrics = {}
     for name, ez in (("4 in / 4 out", (4, 4)), ("none", None)):
@@ -137,16 +135,3 @@ def run_demo(
                      {"predict_voxels_per_second": pred.voxels_per_second})
     (out / "result.json").write_text(json.dumps({"iterations": res.iterations, "metrics": metrics, **res.extra}, indent=2))
     return res
-
-
-class _RoiView:
-    """Read-only view of an ROI of a volume, indexed from the ROI's origin."""
-
-    def __init__(self, vol: Any, roi: Any) -> None:
-        self.vol, self.roi = vol, roi
-        self.shape = tuple(roi.shape)
-        self.dtype = vol.dtype
-        self.attrs = getattr(vol, "attrs", {})
-
-    def read(self, sl: tuple[slice, ...]) -> np.ndarray:
-        return self.vol.read(tuple(slice(s.start + o, s.stop + o) for s, o in zip(sl, self.roi.offset)))

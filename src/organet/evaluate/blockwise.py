@@ -150,7 +150,7 @@ class EvaluationResult:
             pred_dtype=d["pred_dtype"],
             thresholds=tuple(float(t) for t in d["thresholds"]),
             exclusion=None if excl is None else (int(excl["inner"]), int(excl["outer"])),
-            exclusion_metric="euclidean" if excl is None else excl.get("metric", "euclidean"),
+            exclusion_metric="taxicab" if excl is None else excl.get("metric", "taxicab"),
             shape=tuple(d["shape"]),
             block_shape=tuple(d["block_shape"]),
             masked=bool(d["masked"]),
@@ -212,7 +212,7 @@ def evaluate_volumes(
     thresholds: Iterable[float] | float = (0.5,),
     block_shape: Sequence[int] = (64, 256, 256),
     progress: bool = True,
-    exclusion_metric: ExclusionMetric = "euclidean",
+    exclusion_metric: ExclusionMetric = "taxicab",
 ) -> EvaluationResult:
     """Voxel-wise evaluation of a predicted volume against ground truth, streamed in blocks.
 
@@ -232,7 +232,7 @@ def evaluate_volumes(
             binary predictions).
         block_shape: block size in voxels (z, y, x); need not divide the volume shape.
         progress: show a rich progress bar (on stderr).
-        exclusion_metric: ``"euclidean"`` (default) or ``"taxicab"`` (incasem-exact).
+        exclusion_metric: ``"taxicab"`` (default, incasem-exact) or ``"euclidean"``.
 
     Raises:
         ValueError: shapes of pred / truth / mask differ, or bad block_shape / thresholds.

@@ -214,7 +214,7 @@ def evaluate_arrays(
     mask: np.ndarray | None = None,
     exclusion: tuple[int, int] | int | str | None = None,
     thresholds: Iterable[float] = (0.5,),
-    exclusion_metric: ExclusionMetric = "euclidean",
+    exclusion_metric: ExclusionMetric = "taxicab",
 ) -> dict[float, Counts]:
     """In-memory evaluation of a foreground probability map (e.g. during validation).
 

@@ -162,14 +162,14 @@ class OmeZarrWriter:
         dtype = np.dtype(dtype)
         group = self.root if name is None else self.root.require_group(name)
         group.attrs.update({**ome_image_attrs(name or self.path.stem, vs, off), ORGANET_KEY: meta})
-        shuffle = "bitshuffle" if dtype.itemsize == 1 else "shuffle"
+        shuffle = "noshuffle" if dtype.itemsize == 1 else "shuffle"  # byte shuffle only helps multi-byte types
         arr = group.create_array(
             "s0",
             shape=shape,
             dtype=dtype,
             chunks=chunks,
             fill_value=fill_value,
-            compressors=[BloscCodec(cname="zstd", clevel=5, shuffle=shuffle)],
+            compressors=[BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)],
             dimension_names=["z", "y", "x"],
         )
         final = str(self.path) if name is None else f"{self.path}/{name}"

@@ -138,6 +138,12 @@ def _open_tiff(path: Path, inner: str, mode: str) -> _Opened:
         series = tf.series[0]
         if len(tf.series) > 1:
             warnings.warn(f"{path} has {len(tf.series)} image series; using the first, shape {series.shape}", stacklevel=3)
+        channel_axes = [a for a, n in zip(series.axes, series.shape) if a in "CS" and n > 1]
+        if channel_axes:
+            raise VolumeError(
+                f"TIFF {path} has shape {series.shape} with axes {series.axes!r}: colour/channel axes "
+                f"({''.join(channel_axes)}) are not supported; expected a grayscale (z, y, x) stack"
+            )
         store = series.aszarr(level=0)
         arr = zarr.open_array(store, mode="r")
         vs, note = _tiff_voxel_size(tf, int(np.prod(series.shape[:-2])) if len(series.shape) > 2 else 1)
@@ -282,7 +288,9 @@ def _open_zarr(container: Path, inner: str, mode: str) -> _Opened:
         node = zarr.open(store=str(container), mode=mode, path=inner)
     except Exception as e:
         where = f"{inner!r} in zarr container {container}" if inner else f"zarr container {container}"
-        raise VolumeError(f"cannot open {where}: no zarr array or group found ({type(e).__name__})") from None
+        if isinstance(e, (FileNotFoundError, KeyError)):  # zarr's NodeNotFoundError is a FileNotFoundError
+            raise VolumeError(f"cannot open {where}: no zarr array or group found") from None
+        raise VolumeError(f"cannot open {where}: {type(e).__name__}: {e}") from e
     where = f"{container}/{inner}" if inner else str(container)
     if isinstance(node, zarr.Group):
         ms = find_multiscales(dict(node.attrs))
@@ -342,12 +350,17 @@ def _n5_meta(attrs: dict[str, Any], where: str) -> tuple[Vec3 | None, Vec3 | Non
     vs = off = None
     tr = attrs.get("transform")
     if isinstance(tr, dict) and "axes" in tr and "scale" in tr:  # COSEM style, explicit axis names
-        order = [list(tr["axes"]).index(a) for a in "zyx"]
-        units = tr.get("units") or ["nm"] * len(order)
-        f = [unit_to_nm(units[i]) or 1.0 for i in order]
-        vs = as_vec3([tr["scale"][i] * fi for i, fi in zip(order, f)], f"{where}: transform.scale", positive=True)
-        if "translate" in tr:
-            off = as_vec3([tr["translate"][i] * fi for i, fi in zip(order, f)], f"{where}: transform.translate")
+        try:
+            order = [list(tr["axes"]).index(a) for a in "zyx"]
+            units = tr.get("units") or ["nm"] * len(tr["axes"])
+            f = [unit_to_nm(units[i]) or 1.0 for i in order]
+            vs = as_vec3([tr["scale"][i] * fi for i, fi in zip(order, f)], f"{where}: transform.scale", positive=True)
+            if "translate" in tr:
+                off = as_vec3([tr["translate"][i] * fi for i, fi in zip(order, f)], f"{where}: transform.translate")
+        except (ValueError, IndexError, TypeError) as e:
+            if isinstance(e, VolumeError):
+                raise
+            raise VolumeError(f"{where}: cannot read 'transform' attribute {tr}: {e}") from None
         return vs, off
     pr = attrs.get("pixelResolution")
     factor = 1.0

@@ -131,6 +131,24 @@ class SqueezeLeading(LazyArray):
         self.base[(0,) * self.n + slices] = value
 
 
+class Cropped(LazyArray):
+    """A box of another volume's data, indexed from the box's origin."""
+
+    def __init__(self, base: Any, roi: Roi) -> None:
+        self.base, self.roi = base, roi
+        self.shape = tuple(roi.shape)
+        self.dtype = np.dtype(base.dtype)
+
+    def _shift(self, slices: tuple[slice, ...]) -> tuple[slice, ...]:
+        return tuple(slice(s.start + o, s.stop + o, s.step) for s, o in zip(slices, self.roi.offset))
+
+    def _read(self, slices: tuple[slice, ...]) -> np.ndarray:
+        return np.asarray(self.base[self._shift(slices)])
+
+    def _write(self, slices: tuple[slice, ...], value: np.ndarray) -> None:
+        self.base[self._shift(slices)] = value
+
+
 class Unavailable(LazyArray):
     """Placeholder for data that no longer exists (aborted write, closed volume)."""
 
@@ -218,6 +236,15 @@ class Volume:
         """(begin, end) world coordinates in nm, (z, y, x)."""
         return self.roi.to_nm(self.voxel_size, self.offset)
 
+    def crop(self, roi: Roi) -> "Volume":
+        """A lazy view of ``roi`` (voxels) as a Volume of its own: indices start at the
+        ROI's corner and the offset (nm) moves to it. Writable if this volume is."""
+        if not self.roi.contains(roi):
+            raise VolumeError(f"cannot crop ROI {roi}: outside volume {self.path or '<in memory>'} of shape {self.shape}")
+        offset = tuple(o + r * v for o, r, v in zip(self.offset, roi.offset, self.voxel_size))
+        return Volume(Cropped(self, roi), self.voxel_size, offset, f"{self.path}[{roi}]", self.attrs,
+                      self.chunks, self.writable)
+
     # -- I/O -------------------------------------------------------------------------
     def _key(self, where: Roi | Key | None, action: str) -> Key:
         if where is None:
@@ -294,7 +321,7 @@ class Volume:
 
     # -- lifetime --------------------------------------------------------------------
     def close(self) -> None:
-        """Release file handles; later reads fail (or reopen if opened by path)."""
+        """Release file handles (TIFF, HDF5); later reads raise VolumeError."""
         closers, self._closers = self._closers, []
         for close in closers:
             try:

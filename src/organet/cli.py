@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 
@@ -187,46 +188,56 @@ def evaluate(
     pred: Annotated[str, typer.Option(help="prediction: probability (uint8 0-255 or float) or binary mask")],
     truth: Annotated[str, typer.Option(help="ground-truth labels (foreground > 0)")],
     mask: Annotated[Optional[str], typer.Option(help="evaluate only where this is > 0")] = None,
+    voxel_size: Annotated[
+        Optional[tuple[float, float, float]], typer.Option(help="nm (z, y, x) of truth and mask if their files lack it")
+    ] = None,
     exclusion_zone: Annotated[
         Optional[tuple[int, int]], typer.Option(help="ignore IN voxels inside / OUT outside the true boundary")
     ] = None,
     organelle: Annotated[Optional[str], typer.Option(help="use incasem's exclusion width for this organelle")] = None,
     threshold: Annotated[Optional[list[float]], typer.Option(help="repeat for several")] = None,
     sweep: Annotated[bool, typer.Option(help="thresholds 0.05..0.95 and a PNG")] = False,
-    roi_vox: RoiVox = None,
+    roi_vox: Annotated[Optional[str], typer.Option("--roi-vox", help="region in truth voxels: z0:z1,y0:y1,x0:x1")] = None,
     roi_nm: RoiNm = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the result as JSON")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="PNG of the threshold sweep")] = None,
 ) -> None:
-    """Voxel F1 / precision / recall / IoU with an optional boundary exclusion zone."""
+    """Voxel F1 / precision / recall / IoU with an optional boundary exclusion zone.
+
+    Prediction, truth and mask are aligned by their offsets (nm): by default the
+    region evaluated is the prediction's extent, so a prediction of an ROI is
+    scored against the matching part of a whole-volume ground truth.
+    """
     from organet.evaluate import EXCLUSION_ZONE_WIDTHS, evaluate_volumes, plot_threshold_sweep
     from organet.volumes import open_volume
 
     p = _run(open_volume, pred)
-    t = _run(open_volume, truth)
-    m = _run(open_volume, mask) if mask else None
+    t = _run(open_volume, truth, voxel_size=voxel_size)
+    m = _run(open_volume, mask, voxel_size=voxel_size) if mask else None
     if exclusion_zone is not None and organelle is not None:
         _fail("give either --exclusion-zone or --organelle, not both")
     ez = exclusion_zone
     if organelle is not None:
         if organelle not in EXCLUSION_ZONE_WIDTHS:
             _fail(f"--organelle {organelle!r}: expected one of {sorted(EXCLUSION_ZONE_WIDTHS)}")
-        w = EXCLUSION_ZONE_WIDTHS[organelle]
-        ez = (w, w)
-    thresholds = [round(0.05 * i, 2) for i in range(1, 20)] if sweep else (threshold or [0.5])
+        ez = (EXCLUSION_ZONE_WIDTHS[organelle],) * 2
+    for v, what in ((t, "truth"), (m, "mask")):
+        if v is not None and not np.allclose(v.voxel_size, p.voxel_size, rtol=1e-3):
+            _fail(f"{what} voxel size {tuple(v.voxel_size)} nm differs from the prediction's {tuple(p.voxel_size)} nm; "
+                  "pass --voxel-size if the file lacks it")
     roi = _roi(t, roi_vox, roi_nm)
-    if roi is not None:
-        p, t, m = (_run(v.crop, roi) if v is not None else None for v in (p, t, m))
+    begin, end = roi.to_nm(t.voxel_size, t.offset) if roi is not None else p.bounds_nm
+    p, t, m = (_run(v.crop_nm, begin, end) if v is not None else None for v in (p, t, m))
+    thresholds = [round(0.05 * i, 2) for i in range(1, 20)] if sweep else (threshold or [0.5])
     res = _run(evaluate_volumes, p, t, m, exclusion=ez, thresholds=tuple(thresholds))
     console.print(res.to_table())
     if json_out:
         res.write_json(json_out)
         console.print(f"wrote {json_out}")
-    if sweep or plot:
-        if res.per_threshold:
-            out = plot or Path("threshold_sweep.png")
-            plot_threshold_sweep(res, out)
-            console.print(f"wrote {out}")
+    if (sweep or plot) and res.per_threshold:
+        out = plot or Path("threshold_sweep.png")
+        plot_threshold_sweep(res, out)
+        console.print(f"wrote {out}")
 
 
 @app.command()

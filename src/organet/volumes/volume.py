@@ -236,6 +236,18 @@ class Volume:
         """(begin, end) world coordinates in nm, (z, y, x)."""
         return self.roi.to_nm(self.voxel_size, self.offset)
 
+    def crop_nm(self, begin_nm: Sequence[float], end_nm: Sequence[float]) -> "Volume":
+        """A lazy view of the world box ``[begin_nm, end_nm)`` (nm, z, y, x), which must
+        fall on this volume's voxel grid and inside it."""
+        roi = Roi.from_nm(begin_nm, end_nm, self.voxel_size, self.offset)
+        back = roi.to_nm(self.voxel_size, self.offset)
+        if not np.allclose(np.array(back), np.array([begin_nm, end_nm]), atol=1e-3 * min(self.voxel_size)):
+            raise VolumeError(
+                f"box {fmt_vec(begin_nm)}-{fmt_vec(end_nm)} nm is not on the voxel grid of {self.path or '<in memory>'} "
+                f"(voxel size {fmt_vec(self.voxel_size)} nm, offset {fmt_vec(self.offset)} nm)"
+            )
+        return self.crop(roi)
+
     def crop(self, roi: Roi) -> "Volume":
         """A lazy view of ``roi`` (voxels) as a Volume of its own: indices start at the
         ROI's corner and the offset (nm) moves to it. Writable if this volume is."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,7 +283,8 @@ class Trainer:
         val_rows: list[dict[str, Any]] = []
         pending: list[dict[str, Any]] = []
         losses: list[float] = []
-        t_start = time.time()
+        t_start, first = time.time(), self.iteration
+        plain_log = progress and not sys.stdout.isatty()  # a log file gets lines instead of a bar
         with Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -307,6 +309,10 @@ class Trainer:
                         }
                     )
                     bar.update(task, loss=f"{np.mean(losses):.4f}")
+                    if plain_log and self.iteration % (10 * tc.log_every) == 0:
+                        rate = (time.time() - t_start) / max(1, self.iteration - first)
+                        self.log(f"iteration {self.iteration}/{tc.iterations}: loss {np.mean(losses):.4f} "
+                                 f"({rate:.2f} s/iteration)")
                     losses = []
                 bar.update(task, completed=self.iteration)
                 out_of_time = deadline is not None and time.time() >= deadline

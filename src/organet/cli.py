@@ -255,6 +255,23 @@ def demo(
     console.print(res.table())
 
 
+analyze_app = typer.Typer(
+    no_args_is_help=True, help="Measure organelles in predictions (nuclear pores, coated pits)."
+)
+app.add_typer(analyze_app, name="analyze")
+
+
+def _register_analyze() -> None:
+    from organet.analyze.coated_pits_cli import coated_pits_command
+    from organet.analyze.pores_cli import pores_command
+
+    analyze_app.command("pores")(pores_command)
+    analyze_app.command("coated-pits")(coated_pits_command)
+
+
+_register_analyze()
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -2,7 +2,16 @@ import pytest
 import torch
 
 from organet.model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from organet.model.unet import ASEM_UNET, UNet, UNetConfig, context, count_parameters, output_shape, valid_sizes
+from organet.model.unet import (
+    ASEM_UNET,
+    UNet,
+    UNetConfig,
+    context,
+    count_parameters,
+    init_weights,
+    output_shape,
+    valid_sizes,
+)
 from organet.preprocess import Normalization
 
 
@@ -91,3 +100,29 @@ def test_checkpoint_errors(tmp_path):
     save_checkpoint(bad, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="do not match"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_kaiming_init_keeps_activations_alive_and_starts_at_half():
+    cfg = UNetConfig(num_fmaps=4, downsample_factors=((2, 2, 2),) * 2)
+    x = torch.rand(1, 1, 60, 60, 60) * 2 - 1
+    torch.manual_seed(0)
+    default = UNet(cfg)
+    torch.manual_seed(0)
+    he = UNet(cfg)
+    init_weights(he, "kaiming")
+    feats = {}
+    he.up[0].register_forward_hook(lambda m, i, o: feats.__setitem__("he", o))
+    default.up[0].register_forward_hook(lambda m, i, o: feats.__setitem__("default", o))
+    with torch.no_grad():
+        p = torch.softmax(he(x), 1)[:, 1]
+        default(x)
+    # He init keeps the top-level features at the input's scale; torch's default shrinks them many-fold
+    assert feats["he"].std() > 0.1 * x.std()
+    assert feats["he"].std() > 5 * feats["default"].std()
+    assert torch.allclose(p, torch.full_like(p, 0.5), atol=0.02)
+    untouched = UNet(cfg)
+    before = [q.clone() for q in untouched.parameters()]
+    init_weights(untouched, "pytorch")
+    assert all(torch.equal(a, b) for a, b in zip(before, untouched.parameters()))
+    with pytest.raises(ValueError, match="unknown weight init"):
+        init_weights(untouched, "xavier")

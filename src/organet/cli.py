@@ -159,6 +159,9 @@ def predict(
     output: Annotated[str, typer.Option(help="output container OUT.zarr")],
     roi_vox: RoiVox = None,
     roi_nm: RoiNm = None,
+    voxel_size: Annotated[
+        Optional[tuple[float, float, float]], typer.Option(help="nm (z, y, x) of the input if its file lacks it")
+    ] = None,
     tile: Annotated[Optional[tuple[int, int, int]], typer.Option(help="network input per tile (voxels)")] = None,
     batch_size: int = 1,
     device: str = "auto",
@@ -169,7 +172,7 @@ def predict(
     from organet.predict.run import predict_volume
     from organet.volumes import open_volume
 
-    vol = _run(open_volume, input)
+    vol = _run(open_volume, input, voxel_size=voxel_size)
     roi = _roi(vol, roi_vox, roi_nm)
     with warnings.catch_warnings():
         warnings.simplefilter("always")

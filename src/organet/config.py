@@ -63,6 +63,9 @@ class ModelConfig(_Strict):
     fmap_inc_factor: int = Field(default=2, ge=1)
     downsample_factors: list[Triple] = Field(default_factory=lambda: [(2, 2, 2)] * 3)
     input_shape: Triple = (204, 204, 204)
+    weight_init: Literal["kaiming", "pytorch"] = Field(
+        default="kaiming", description="'pytorch' = torch defaults as in funlib/incasem"
+    )
 
     def architecture(self) -> UNetConfig:
         return UNetConfig(

@@ -137,6 +137,28 @@ class UNet(nn.Module):
         return self.final(x)
 
 
+def init_weights(model: UNet, scheme: str = "kaiming") -> None:
+    """Re-initialise the convolutions in place.
+
+    ``"pytorch"`` keeps torch's default (funlib/incasem do); ``"kaiming"`` draws
+    He-normal weights (fan-in, ReLU gain) and zero biases, which keeps activation
+    variance constant through this normalization-free network and trains it
+    markedly faster early on. The final 2-logit conv is kept small (std 1e-3)
+    so training starts from p = 0.5 everywhere.
+    """
+    if scheme == "pytorch":
+        return
+    if scheme != "kaiming":
+        raise ValueError(f"unknown weight init {scheme!r}: expected 'pytorch' or 'kaiming'")
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d):
+            if m is model.final:
+                nn.init.normal_(m.weight, std=1e-3)
+            else:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+
+
 def output_shape(cfg: UNetConfig, in_shape: Sequence[int]) -> Shape3 | None:
     """Output shape (voxels) for ``in_shape``, or None when the input is not valid.
 

@@ -29,7 +29,7 @@ import yaml
 from organet.config import ConfigError, ExperimentConfig, RoiSpec
 from organet.evaluate import evaluate_arrays
 from organet.model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from organet.model.unet import UNet, output_shape
+from organet.model.unet import UNet, init_weights, output_shape
 from organet.predict.tiled import default_tile_shape, predict_array, resolve_device
 from organet.train.augment import AugmentConfig, augment, transpose_axes_from_voxel_size, upstream_shape
 from organet.train.loss import balanced_cross_entropy
@@ -128,7 +128,9 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.model = UNet(self.arch).to(self.device)
+        self.model = UNet(self.arch)
+        init_weights(self.model, cfg.model.weight_init)
+        self.model.to(self.device)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay
         )

@@ -167,22 +167,98 @@ def predict(
     device: str = "auto",
     threshold: float = 0.5,
     overwrite: bool = False,
+    tta: Annotated[Optional[str], typer.Option(help="test-time augmentation: mirror | mirror+transpose")] = None,
+    chunks: Annotated[Optional[tuple[int, int, int]], typer.Option(
+        help="output chunk shape (voxels); default 64^3, blockwise one that fits the tile step")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="blockwise on Dask with this many workers")] = None,
+    cluster: Annotated[Optional[str], typer.Option(help="Dask cluster: local | slurm | lsf | pbs")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="join a running Dask scheduler (tcp://...)")] = None,
+    cluster_config: Annotated[Optional[Path], typer.Option(
+        help="YAML of batch-queue settings (docs/cluster.md)")] = None,
+    queue: Annotated[Optional[str], typer.Option(help="batch queue / partition")] = None,
+    cores: Annotated[Optional[int], typer.Option(help="cores per batch job")] = None,
+    memory: Annotated[Optional[str], typer.Option(help="memory per batch job, e.g. 32GB")] = None,
+    walltime: Annotated[Optional[str], typer.Option(help="batch job walltime")] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="GPUs per batch job (one worker per job)")] = None,
+    retries: Annotated[int, typer.Option(help="blockwise: retries per failing block")] = 2,
+    block: Annotated[Optional[tuple[int, int, int]], typer.Option(
+        help="blockwise: block shape (voxels; a multiple of the tile step and of --chunks)")] = None,
+    mask: Annotated[Optional[str], typer.Option(
+        help="blockwise: sample mask volume; blocks without sample read 0")] = None,
+    mask_rule: Annotated[Optional[str], typer.Option(
+        help="blockwise: sample where MASK (or, without --mask, raw) passes this rule, e.g. '>0', '<250'")] = None,
 ) -> None:
-    """Predict foreground probability (uint8) and a mask over a volume or ROI."""
+    """Predict foreground probability (uint8) and a mask over a volume or ROI.
+
+    With --workers/--cluster/--scheduler (or --mask/--mask-rule/--block) the ROI is
+    predicted in blocks on Dask, resumably: rerun the same command after a crash.
+    """
     from organet.predict.run import predict_volume
     from organet.volumes import open_volume
 
     vol = _run(open_volume, input, voxel_size=voxel_size)
     roi = _roi(vol, roi_vox, roi_nm)
+    blockwise_opts = (workers, cluster, scheduler, cluster_config, mask, mask_rule, block, queue, cores, memory,
+                      walltime, gpus)
+    if any(v is not None for v in blockwise_opts):
+        _predict_blockwise(
+            model, vol, output, roi, tile, batch_size, device, threshold, overwrite, tta, workers, cluster, scheduler,
+            cluster_config, dict(queue=queue, cores=cores, memory=memory, walltime=walltime, gpus=gpus), retries,
+            block, mask, mask_rule, voxel_size, chunks,
+        )
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         res = _run(
             predict_volume, model, vol, output, roi=roi, tile_shape=tile, batch_size=batch_size, device=device,
-            threshold=threshold, overwrite=overwrite,
+            threshold=threshold, overwrite=overwrite, tta=tta, chunks=chunks or (64, 64, 64),
         )
     console.print(
         f"wrote {res.output}/probability and /mask: ROI {res.roi}, {res.tiles} tiles, {res.seconds:.1f} s, "
         f"{res.voxels_per_second:,.0f} voxels/s"
+    )
+
+
+def _predict_blockwise(  # type: ignore[no-untyped-def]
+    model, vol, output, roi, tile, batch_size, device, threshold, overwrite, tta, workers, cluster, scheduler,
+    cluster_config, batch_options, retries, block, mask, mask_rule, voxel_size, chunks,
+) -> None:
+    """`organet predict` on Dask: blockwise, resumable; failing blocks exit 1 with their list."""
+    from contextlib import nullcontext
+
+    from organet.predict.blockwise import BlockFailures, SampleMask, predict_blockwise
+    from organet.predict.cluster import dask_client
+    from organet.volumes import open_volume
+
+    sample = None
+    if mask is not None or mask_rule is not None:
+        mvol = _run(open_volume, mask, voxel_size=voxel_size) if mask is not None else None
+        sample = _run(SampleMask, mvol, mask_rule)
+    batch = {k: v for k, v in batch_options.items() if v is not None}
+    if batch and (cluster or "local") == "local":
+        _fail(f"--{next(iter(batch))} applies to --cluster slurm, lsf or pbs")
+    on_dask = workers is not None or cluster is not None or scheduler is not None
+    try:
+        ctx = dask_client(workers, cluster, scheduler, cluster_config, **batch) if on_dask else nullcontext(None)
+        with warnings.catch_warnings(), ctx as client:
+            warnings.simplefilter("always")
+            res = _run(
+                predict_blockwise, model, vol, output, roi=roi, tile_shape=tile, block_shape=block,
+                batch_size=batch_size, device=device, threshold=threshold, tta=tta, sample_mask=sample,
+                retries=retries, client=client, overwrite=overwrite, chunks=chunks,
+            )
+    except BlockFailures as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except _user_errors() as e:  # raised while starting the cluster
+        _fail(str(e))
+    if res.already_complete:
+        console.print(f"{res.output} is already complete ({res.blocks} blocks); nothing to do")
+        return
+    console.print(
+        f"wrote {res.output}/probability and /mask (+{res.pyramid_levels - 1} pyramid levels): ROI {res.roi}, "
+        f"{res.blocks} blocks ({res.resumed} done before, {res.skipped_by_mask} without sample), "
+        f"{res.seconds:.1f} s, {res.voxels_per_second:,.0f} voxels/s"
     )
 
 
@@ -204,6 +280,11 @@ def evaluate(
     roi_nm: RoiNm = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the result as JSON")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="PNG of the threshold sweep")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="evaluate blocks on Dask with this many workers")] = None,
+    cluster: Annotated[Optional[str], typer.Option(help="Dask cluster: local | slurm | lsf | pbs")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="join a running Dask scheduler (tcp://...)")] = None,
+    cluster_config: Annotated[Optional[Path], typer.Option(
+        help="YAML of batch-queue settings (docs/cluster.md)")] = None,
 ) -> None:
     """Voxel F1 / precision / recall / IoU with an optional boundary exclusion zone.
 
@@ -232,7 +313,21 @@ def evaluate(
     begin, end = roi.to_nm(t.voxel_size, t.offset) if roi is not None else p.bounds_nm
     p, t, m = (_run(v.crop_nm, begin, end) if v is not None else None for v in (p, t, m))
     thresholds = [round(0.05 * i, 2) for i in range(1, 20)] if sweep else (threshold or [0.5])
-    res = _run(evaluate_volumes, p, t, m, exclusion=ez, thresholds=tuple(thresholds))
+    if workers is None and cluster is None and scheduler is None:
+        res = _run(evaluate_volumes, p, t, m, exclusion=ez, thresholds=tuple(thresholds))
+    else:
+        from organet.predict.cluster import dask_client
+
+        try:
+            with dask_client(workers, cluster, scheduler, cluster_config) as client:
+                res = _run(evaluate_volumes, p, t, m, exclusion=ez, thresholds=tuple(thresholds), client=client)
+        except _user_errors() as e:
+            _fail(str(e))
+        except RuntimeError as e:
+            if isinstance(e, typer.Exit):
+                raise
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
     console.print(res.to_table())
     if json_out:
         res.write_json(json_out)
@@ -273,6 +368,31 @@ def _register_analyze() -> None:
 
 
 _register_analyze()
+
+
+def _register_instances() -> None:
+    from organet.analyze.instances_cli import instances_command
+
+    app.command("instances")(instances_command)
+
+
+_register_instances()
+
+
+annotate_app = typer.Typer(no_args_is_help=True, help="Ground-truth annotation from sparse scribbles (graph cut).")
+app.add_typer(annotate_app, name="annotate")
+
+
+def _register_preprocess_annotate() -> None:
+    from organet.annotate.cli import graphcut_command
+    from organet.preprocess.cli import masks_app, preprocess_command
+
+    app.command("preprocess")(preprocess_command)
+    app.add_typer(masks_app, name="masks")
+    annotate_app.command("graphcut")(graphcut_command)
+
+
+_register_preprocess_annotate()
 
 
 def main() -> None:  # pragma: no cover

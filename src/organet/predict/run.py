@@ -50,12 +50,17 @@ def predict_volume(
     chunks: Sequence[int] = (64, 64, 64),
     overwrite: bool = False,
     progress: bool = True,
+    tta: str | None = None,
+    check_preprocess: bool = True,
 ) -> PredictionResult:
     """Predict ``roi`` (voxels; default the whole volume) of ``raw`` into ``output``.
 
     ``tile_shape`` is the network input per tile (voxels); by default a tile
     with about 96 output voxels per axis. The result equals an untiled forward
-    pass over the ROI (context comes from the real neighbourhood).
+    pass over the ROI (context comes from the real neighbourhood). ``tta``: see
+    :func:`organet.predict.tiled.predict_tiles` (default off). An input whose recorded
+    contrast normalization (``organet preprocess``) differs from the model's is refused
+    unless ``check_preprocess=False``.
     """
     import time
 
@@ -63,6 +68,10 @@ def predict_volume(
 
     ckpt = model if isinstance(model, Checkpoint) else load_checkpoint(model)
     vol = raw if isinstance(raw, Volume) else open_volume(raw)
+    if check_preprocess:
+        from organet.preprocess.normalize import check_preprocess as _check
+
+        _check(ckpt.normalization.preprocess, vol.attrs, f"input {vol.path}", "the model")
     if not np.allclose(vol.voxel_size, ckpt.voxel_size, rtol=0.1):
         warnings.warn(
             f"input voxel size {tuple(vol.voxel_size)} nm differs from the model's {tuple(ckpt.voxel_size)} nm "
@@ -82,6 +91,7 @@ def predict_volume(
         "normalization": ckpt.normalization.model_dump(),
         "source": str(vol.path),
         "roi_vox": {"offset": list(roi.offset), "shape": list(roi.shape)},
+        **({"tta": tta} if tta else {}),
     }
     t0 = time.time()
     with write_ome_zarr(output, overwrite=overwrite) as out:
@@ -108,7 +118,7 @@ def predict_volume(
             task = bar.add_task("predict", total=len(plan))
             predict_tiles(
                 net, vol, ckpt.normalization, plan, write, batch_size, dev,
-                progress=lambda n: bar.advance(task, n),
+                progress=lambda n: bar.advance(task, n), tta=tta,
             )
     dt = time.time() - t0
     return PredictionResult(Path(output), roi, len(plan), dt, roi.size / max(dt, 1e-9))

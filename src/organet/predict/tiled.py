@@ -139,17 +139,21 @@ def predict_tiles(
     device: torch.device | str = "cpu",
     tiles: Sequence[tuple[Shape3, Shape3, Shape3]] | None = None,
     progress: Callable[[int], None] | None = None,
+    tta: str | None = None,
 ) -> None:
     """Run ``model`` over the tiles of ``plan`` and hand each tile's foreground
     probability (float32, shape ``write_shape``) to ``write(out_start, prob)``.
 
     ``tiles`` restricts the run to a subset of ``plan.tiles()`` (for blockwise
     and resumable drivers). bf16 autocast is used on CUDA, fp32 elsewhere.
+    ``tta``: None (off), ``"mirror"`` (mean over the 8 mirror combinations) or
+    ``"mirror+transpose"`` (also the y-x transpose: 16; needs a tile square in y, x).
     """
     device = torch.device(device)
     model = model.to(device).eval()
     todo = list(plan.tiles()) if tiles is None else list(tiles)
     autocast = device.type == "cuda"
+    variants = tta_variants(tta, plan.tile_in)
     for b in range(0, len(todo), batch_size):
         batch = todo[b : b + batch_size]
         x = np.stack(
@@ -161,13 +165,44 @@ def predict_tiles(
             ]
         )[:, None]
         xt = torch.from_numpy(x).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(xt)
-        prob = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+        acc = None
+        for flips, transpose in variants:
+            xv = xt.flip(flips) if flips else xt
+            xv = xv.transpose(3, 4) if transpose else xv
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(xv)
+            pv = torch.softmax(logits.float(), dim=1)[:, 1]
+            pv = pv.transpose(2, 3) if transpose else pv  # (N, z, y, x): undo in reverse order
+            pv = pv.flip([a - 1 for a in flips]) if flips else pv
+            acc = pv if acc is None else acc + pv
+        assert acc is not None
+        prob = (acc / len(variants) if len(variants) > 1 else acc).cpu().numpy()
         for (_, out_start, wshape), p in zip(batch, prob):
             write(out_start, np.ascontiguousarray(p[: wshape[0], : wshape[1], : wshape[2]]))
         if progress is not None:
             progress(len(batch))
+
+
+TTA_MODES = ("mirror", "mirror+transpose")
+
+
+def tta_variants(tta: str | None, tile_in: Sequence[int]) -> list[tuple[list[int], bool]]:
+    """Test-time augmentations as (flipped tensor dims of (N, C, z, y, x), transpose y-x).
+
+    The identity comes first; raises ValueError for an unknown mode or a transpose of
+    a tile that is not square in (y, x).
+    """
+    if tta is None or tta in ("", "none", "off"):
+        return [([], False)]
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; expected one of {TTA_MODES}")
+    flips = [[2 + a for a, f in enumerate(c) if f] for c in itertools.product((False, True), repeat=3)]
+    out = [(f, False) for f in flips]
+    if tta == "mirror+transpose":
+        if tile_in[1] != tile_in[2]:
+            raise ValueError(f"--tta mirror+transpose needs a tile with equal y and x sizes, got {tuple(tile_in)}")
+        out += [(f, True) for f in flips]
+    return out
 
 
 def predict_array(

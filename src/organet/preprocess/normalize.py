@@ -6,10 +6,10 @@ prediction applies the same one, so train and predict cannot disagree.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 
 class Normalization(BaseModel):
@@ -18,6 +18,11 @@ class Normalization(BaseModel):
     ``method="dtype_range"`` takes low/high from the integer dtype (0..255 for
     uint8); ``method="linear"`` uses the given ``low``/``high``. Values outside
     are not clipped (intensity augmentation may push them a little beyond).
+
+    ``preprocess`` names the contrast normalization the raw data had before this
+    mapping (``organet preprocess``: ``{method: clahe, clip_limit: 0.02, kernel: 128}``;
+    None = untouched raw). Training checks it against the raw volume's metadata and
+    the checkpoint keeps it, so prediction can refuse input preprocessed differently.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -25,6 +30,12 @@ class Normalization(BaseModel):
     method: Literal["dtype_range", "linear"] = "dtype_range"
     low: float | None = None
     high: float | None = None
+    preprocess: dict[str, Any] | None = None
+
+    @field_validator("preprocess", mode="before")
+    @classmethod
+    def _canonical_preprocess(cls, v: Any) -> Any:
+        return canonical_preprocess(v)
 
     @model_validator(mode="after")
     def _check(self) -> "Normalization":
@@ -58,6 +69,51 @@ class Normalization(BaseModel):
         return out
 
     def describe(self) -> str:
+        pre = f"{describe_preprocess(self.preprocess)}, then " if self.preprocess else ""
         if self.method == "linear":
-            return f"linear [{self.low}, {self.high}] -> [-1, 1]"
-        return "dtype range -> [-1, 1]"
+            return f"{pre}linear [{self.low}, {self.high}] -> [-1, 1]"
+        return f"{pre}dtype range -> [-1, 1]"
+
+
+def canonical_preprocess(value: Any) -> dict[str, Any] | None:
+    """A preprocessing record in canonical form (``PreprocessParams.record()``); None for none.
+
+    Accepts None, a method name (``"clahe"``, defaults for the rest) or a dict.
+    """
+    from organet.preprocess.intensity import PreprocessParams
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"method": value}
+    if isinstance(value, PreprocessParams):
+        rec = value.record()
+    elif isinstance(value, dict):
+        rec = PreprocessParams(**value).record()
+    else:
+        raise ValueError(f"preprocess must be a method name or a mapping, got {value!r}")
+    return None if rec["method"] == "none" else rec
+
+
+def describe_preprocess(rec: dict[str, Any] | None) -> str:
+    if not rec:
+        return "no contrast normalization"
+    params = ", ".join(f"{k} {v}" for k, v in rec.items() if k != "method")
+    return f"{rec['method']}{f' ({params})' if params else ''}"
+
+
+def check_preprocess(expected: dict[str, Any] | None, attrs: dict[str, Any], where: str, what: str) -> None:
+    """Raise ValueError if volume ``attrs`` record another preprocessing than ``expected``.
+
+    ``attrs`` is ``Volume.attrs`` (``organet preprocess`` writes ``attrs["preprocess"]``);
+    ``what`` names who expects it (``"the model"``, ``"the config"``).
+    """
+    try:
+        actual = canonical_preprocess(attrs.get("preprocess"))
+    except ValueError as e:
+        raise ValueError(f"{where}: unreadable preprocessing metadata: {e}") from None
+    if actual != canonical_preprocess(expected):
+        raise ValueError(
+            f"{where} has {describe_preprocess(actual)} but {what} expects {describe_preprocess(expected)}; "
+            "use an input normalized the same way (organet preprocess), or set normalization.preprocess to match"
+        )

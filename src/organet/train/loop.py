@@ -113,6 +113,7 @@ class Trainer:
         if resume and existing is None:
             raise ConfigError(f"nothing to resume in {self.run_dir}: no checkpoints/iter_*.pt")
 
+        self._check_preprocess()
         self.train_rois = [load_roi(s, cfg.data.cache_max_gib, i) for i, s in enumerate(cfg.data.train)]
         self.voxel_size = self.train_rois[0].voxel_size
         for r in self.train_rois[1:]:
@@ -144,6 +145,19 @@ class Trainer:
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
     # -- setup -------------------------------------------------------------
+
+    def _check_preprocess(self) -> None:
+        """Every raw volume must carry the contrast normalization the config names."""
+        from organet.preprocess.normalize import check_preprocess
+        from organet.volumes import open_volume
+
+        for spec in [*self.cfg.data.train, *self.cfg.data.validation]:
+            raw = open_volume(spec.raw, voxel_size=spec.voxel_size)
+            try:
+                check_preprocess(self.cfg.normalization.preprocess, raw.attrs, f"raw {spec.raw}",
+                                 "the config (normalization.preprocess)")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
 
     def _load_validation(self, spec: RoiSpec, index: int) -> ValidationRoi:
         raw, labels, mask, roi = open_roi_volumes(spec)

@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from organet.predict.tasks import run_tasks
 from organet.volumes import Volume, VolumeError
+from organet.volumes.ome_zarr import replace_path
 
 Shape3 = tuple[int, int, int]
 
@@ -365,13 +366,7 @@ def label_instances(
         _atomic_table(table, tmp / "objects.csv")
         _atomic_table(table, tmp / "objects.parquet")
         shutil.rmtree(tmp / "work")
-        if output.exists():
-            old = output.with_name(f"{output.name}.old-{secrets.token_hex(4)}")
-            os.replace(output, old)
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
+        replace_path(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

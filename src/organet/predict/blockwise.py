@@ -48,7 +48,7 @@ import numpy as np
 from organet.predict.tasks import run_tasks
 from organet.predict.tiled import Shape3, TilePlan, default_tile_shape, plan_tiles, predict_tiles, probability_to_uint8
 from organet.volumes import Roi, Volume, VolumeError, open_volume
-from organet.volumes.ome_zarr import ORGANET_KEY, OME_VERSION
+from organet.volumes.ome_zarr import ORGANET_KEY, OME_VERSION, replace_path
 
 RUN_KEY = "organet_run"
 PARTIAL_SUFFIX = ".partial"
@@ -535,12 +535,7 @@ def _finalize(partial: Path, output: Path, shape: Shape3, chunks: Shape3, voxel_
     if output.exists() or output.is_symlink():
         if not overwrite:
             raise VolumeError(f"output appeared while predicting: {output} (pass overwrite to replace it)")
-        old = output.with_name(f"{output.name}.old-{secrets.token_hex(4)}")
-        os.replace(output, old)
-        os.replace(partial, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, output)
+    replace_path(partial, output)
     return len(shapes)
 
 

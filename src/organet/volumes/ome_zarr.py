@@ -230,10 +230,18 @@ def write_ome_zarr(dst: str | os.PathLike[str], overwrite: bool = False) -> Iter
             writer._abort()
             _remove(tmp)
             raise VolumeError(f"output appeared while writing: {dst} (pass overwrite=True to replace it)")
+    replace_path(tmp, dst)
+    writer._commit()
+
+
+def replace_path(src: Path, dst: Path) -> None:
+    """Move the finished ``src`` to ``dst``, replacing whatever is there with
+    renames only, so ``dst`` is at no moment half-written."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() or dst.is_symlink():
         old = dst.with_name(f"{dst.name}.old-{secrets.token_hex(4)}")
         os.replace(dst, old)
-        os.replace(tmp, dst)
+        os.replace(src, dst)
         _remove(old)
     else:
-        os.replace(tmp, dst)
-    writer._commit()
+        os.replace(src, dst)

@@ -74,6 +74,10 @@ def convert(
     chunks: Annotated[tuple[int, int, int], typer.Option(help="output chunk shape (voxels)")] = (64, 64, 64),
     roi_vox: RoiVox = None,
     roi_nm: RoiNm = None,
+    downsample: Annotated[Optional[tuple[int, int, int]], typer.Option(
+        help="write at this many times the voxel size (z, y, x), e.g. 2 2 2: 5 nm -> 10 nm")] = None,
+    downsample_mode: Annotated[str, typer.Option(
+        help="how a block becomes one voxel: mean (raw), majority (0/1 labels) or max")] = "mean",
     overwrite: bool = False,
 ) -> None:
     """Stream any volume into OME-Zarr 0.5 (never the whole volume in memory)."""
@@ -82,7 +86,8 @@ def convert(
     src_vol = _run(open_volume, src, voxel_size=voxel_size, offset=offset)
     roi = _roi(src_vol, roi_vox, roi_nm)
     out = _run(
-        convert_volume, src, dst, voxel_size=voxel_size, offset=offset, chunks=chunks, roi=roi, overwrite=overwrite
+        convert_volume, src, dst, voxel_size=voxel_size, offset=offset, chunks=chunks, roi=roi, overwrite=overwrite,
+        downsample=downsample, downsample_mode=downsample_mode,
     )
     console.print(f"wrote {dst}: shape {tuple(out.shape)} {out.dtype}, voxel size {tuple(out.voxel_size)} nm, "
                   f"offset {tuple(out.offset)} nm")

@@ -38,13 +38,13 @@ import shutil
 import signal
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
+from organet.predict.run import model_factor
 from organet.predict.tasks import run_tasks
 from organet.predict.tiled import Shape3, TilePlan, default_tile_shape, plan_tiles, predict_tiles, probability_to_uint8
 from organet.volumes import Roi, Volume, VolumeError, open_volume
@@ -586,11 +586,11 @@ def predict_blockwise(
         from organet.preprocess.normalize import check_preprocess as _check
 
         _check(getattr(ckpt.normalization, "preprocess", None), vol.attrs, f"input {vol.path}", "the model")
-    if not np.allclose(vol.voxel_size, ckpt.voxel_size, rtol=0.1):
-        warnings.warn(
-            f"input voxel size {tuple(vol.voxel_size)} nm differs from the model's {tuple(ckpt.voxel_size)} nm "
-            "by more than 10 %; resample the input for reliable predictions",
-            stacklevel=2,
+    if model_factor(ckpt.voxel_size, vol.voxel_size) != (1, 1, 1):
+        raise ValueError(
+            f"the model was trained at {tuple(ckpt.voxel_size)} nm and the input has {tuple(vol.voxel_size)} nm "
+            "voxels: blockwise prediction runs at the model's voxel size; convert the input first "
+            "(organet convert --downsample) or predict without Dask, which resamples on the fly"
         )
     if client is not None and vol._spec is None and not isinstance(vol.data, np.ndarray):
         raise VolumeError(f"{vol.path or 'the input volume'} cannot be sent to Dask workers: open it from a file")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .errors import VolumeError, as_int3
 from .ome_zarr import write_ome_zarr
 from .readers import open_volume
+from .resample import DownsampledVolume, Mode, as_factor, downsampled_geometry
 from .roi import Roi
 from .volume import Volume
 
@@ -41,6 +43,8 @@ def convert_volume(
     roi: Roi | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    downsample: int | Sequence[int] | None = None,
+    downsample_mode: Mode = "mean",
     *,
     max_block_bytes: int = 256 * 2**20,
 ) -> Volume:
@@ -49,8 +53,11 @@ def convert_volume(
     Streams blocks of ``chunks[0]`` z-planes aligned to the output chunks (split in y/x
     above ``max_block_bytes``), so memory stays bounded. ``roi`` (voxels of the source)
     selects a sub-volume; the output offset is source offset + roi.offset * voxel_size
-    (nm). ``voxel_size``/``offset`` override the source metadata. The write is atomic;
-    returns the opened result.
+    (nm). ``voxel_size``/``offset`` override the source metadata. ``downsample`` (1 or 3
+    integers, z, y, x) writes the ROI at that many times the voxel size, each output voxel
+    the ``downsample_mode`` of its block (``mean`` for raw, ``majority`` for 0/1 labels,
+    ``max``); see :mod:`organet.volumes.resample`. The write is atomic; returns the opened
+    result.
     """
     chunks = as_int3(chunks, "chunks", minimum=1)
     source = open_volume(src, voxel_size=voxel_size, offset=offset)
@@ -62,14 +69,23 @@ def convert_volume(
             raise VolumeError(f"ROI {roi} is empty or outside {src} of shape {source.shape} voxels")
         vs = source.voxel_size
         out_offset = tuple(o + r * v for o, r, v in zip(source.offset, roi.offset, vs))
-        blocks = list(iter_blocks(roi.shape, chunks, source.dtype.itemsize, max_block_bytes))
+        reader: Any = source.crop(roi)
+        attrs = dict(source.attrs)
+        factor = as_factor(downsample) if downsample is not None else (1, 1, 1)
+        if factor != (1, 1, 1):
+            reader = DownsampledVolume(reader, factor, downsample_mode)
+            vs, out_offset = downsampled_geometry(vs, out_offset, factor)
+            attrs["downsampled"] = {"factor": list(factor), "mode": downsample_mode, "source_voxel_size": list(source.voxel_size)}
+            max_block_bytes = max(1, max_block_bytes // math.prod(factor))
+        shape = tuple(reader.shape)
+        blocks = list(iter_blocks(shape, chunks, source.dtype.itemsize, max_block_bytes))
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with write_ome_zarr(dst, overwrite=overwrite) as writer:
-            out = writer.create_image(None, roi.shape, source.dtype, vs, out_offset, chunks, attrs=source.attrs)
+            out = writer.create_image(None, shape, source.dtype, vs, out_offset, chunks, attrs=attrs)
             with Progress(*columns, disable=not progress) as bar:
                 task = bar.add_task(f"converting {os.fspath(src)}", total=len(blocks))
                 for block in blocks:
-                    out.write(block, source.read(block.shift(roi.offset)))
+                    out.write(block, reader.read(block))
                     bar.advance(task)
     finally:
         source.close()

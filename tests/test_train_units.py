@@ -140,3 +140,16 @@ def test_load_config_resolves_paths_relative_to_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_cosine_lr_schedule_runs_from_lr_to_lr_min():
+    from organet.config import OptimizerConfig
+
+    const = OptimizerConfig(lr=1e-3)
+    assert const.lr_at(0, 100) == const.lr_at(99, 100) == 1e-3
+    cos = OptimizerConfig(lr=1e-3, lr_schedule="cosine", lr_min=1e-5)
+    assert cos.lr_at(0, 100) == pytest.approx(1e-3)
+    assert cos.lr_at(50, 100) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert cos.lr_at(100, 100) == pytest.approx(1e-5) and cos.lr_at(150, 100) == pytest.approx(1e-5)
+    lrs = [cos.lr_at(i, 100) for i in range(101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))

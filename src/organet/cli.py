@@ -389,12 +389,13 @@ app.add_typer(annotate_app, name="annotate")
 
 
 def _register_preprocess_annotate() -> None:
-    from organet.annotate.cli import graphcut_command
+    from organet.annotate.cli import graphcut_command, napari_command
     from organet.preprocess.cli import masks_app, preprocess_command
 
     app.command("preprocess")(preprocess_command)
     app.add_typer(masks_app, name="masks")
     annotate_app.command("graphcut")(graphcut_command)
+    annotate_app.command("napari")(napari_command)
 
 
 _register_preprocess_annotate()

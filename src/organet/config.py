@@ -118,6 +118,17 @@ class LossConfig(_Strict):
 class OptimizerConfig(_Strict):
     lr: float = Field(default=3e-5, gt=0)
     weight_decay: float = Field(default=3e-5, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="constant", description="cosine: from lr down to lr_min at training.iterations"
+    )
+    lr_min: float = Field(default=0.0, ge=0)
+
+    def lr_at(self, iteration: int, total: int) -> float:
+        """Learning rate for the step that follows ``iteration`` completed steps."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        t = min(1.0, iteration / max(1, total))
+        return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1.0 + math.cos(math.pi * t))
 
 
 class TrainingConfig(_Strict):

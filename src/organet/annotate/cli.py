@@ -1,4 +1,5 @@
-"""``organet annotate graphcut``: command-line face of :mod:`organet.annotate.graphcut`.
+"""``organet annotate graphcut`` and ``organet annotate napari``: command-line faces of
+:mod:`organet.annotate.graphcut` and :mod:`organet.annotate.napari_widget`.
 
 Wired by ``organet.cli`` (``annotate_app.command("graphcut")(graphcut_command)``). Bad
 input prints one ``error:`` line and exits with code 2.
@@ -6,7 +7,7 @@ input prints one ``error:`` line and exits with code 2.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -65,6 +66,38 @@ def graphcut_command(
         f"{res.n_scribbled[1]} background voxels; {res.seconds['total']:.1f} s",
         highlight=False,
     )
+
+
+def napari_command(
+    raw: Annotated[str, typer.Option("--raw", help="raw EM volume (any supported format)")],
+    scribbles: Annotated[Optional[str], typer.Option("--scribbles", help="scribbles to continue from (0/1/2; same shape as raw or as the ROI, e.g. OUT.zarr/scribbles)")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="default path of the widget's Save (OME-Zarr)")] = None,
+    roi_vox: Annotated[Optional[str], typer.Option("--roi-vox", help="load only this ROI in voxels: z0:z1,y0:y1,x0:x1 (it is held in memory)")] = None,
+    voxel_size: Annotated[Optional[tuple[float, float, float]], typer.Option(help="nm, (z, y, x); overrides metadata")] = None,
+) -> None:
+    """Paint scribbles in napari and run the graph cut from a docked widget (needs organet[napari])."""
+    from rich.markup import escape
+
+    from organet.annotate.napari_widget import open_viewer, require_napari
+    from organet.volumes import VolumeError
+
+    err = Console(stderr=True)
+
+    def fail(msg: str) -> NoReturn:
+        err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+    try:
+        require_napari()
+    except ImportError as e:
+        fail(str(e))
+    import napari
+
+    try:
+        open_viewer(raw, scribbles, output=output, voxel_size=voxel_size, roi_vox=roi_vox)
+    except (VolumeError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    napari.run()
 
 
 class _Placed:

@@ -214,9 +214,12 @@ class Trainer:
         loss = balanced_cross_entropy(logits, y, m, self.cfg.loss.class_balance, self.cfg.loss.frac_clip)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        lr = self.cfg.optimizer.lr_at(self.iteration, self.cfg.training.iterations)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
         self.iteration += 1
-        return {"loss": float(loss.detach()), "foreground": fg}
+        return {"loss": float(loss.detach()), "foreground": fg, "lr": lr}
 
     def validate(self) -> list[dict[str, Any]]:
         """Predict each validation ROI whole (tiled) and score it."""
@@ -321,6 +324,7 @@ class Trainer:
                             "iteration": self.iteration,
                             "loss": float(np.mean(losses)),
                             "foreground": out["foreground"],
+                            "lr": out["lr"],
                             "elapsed_s": round(time.time() - t_start, 1),
                         }
                     )

@@ -58,9 +58,6 @@ def _predict(a: dict[str, Any]) -> dict[str, Any]:
     reference[pred] = gp.ArraySpec(roi=gp.Roi((0, 0, 0), tile_out * vs))
     volume_roi = gp.Roi((0, 0, 0), gp.Coordinate(a["shape"]) * vs)
 
-    class Quiet(gp.nodes.scan.ScanCallback):
-        pass
-
     pipeline = (
         gp.ZarrSource(a["store"], {raw: a["dataset"]}, {raw: gp.ArraySpec(interpolatable=True)})
         + gp.Normalize(raw)  # uint8 -> [0, 1]
@@ -77,7 +74,7 @@ def _predict(a: dict[str, Any]) -> dict[str, Any]:
         )
         + gp.Squeeze([pred])
         + gp.ZarrWrite({pred: "probability"}, store=a["output"])
-        + gp.Scan(reference, progress_callback=Quiet())
+        + gp.Scan(reference, progress_callback=gp.nodes.scan.ScanCallback())  # no progress bar
     )
     with gp.build(pipeline):
         pipeline.request_batch(gp.BatchRequest())

@@ -12,8 +12,7 @@ identical. "voxels/s" counts predicted output voxels over the wall time of the w
 command (cluster start, model load, pyramid included). A memory-flat driver shows the
 same peak memory at both sizes. Prints a markdown table.
 
-(The issue also asks for the ratio against a gunpowder ``Scan`` pipeline; gunpowder is
-not installed here, so that baseline is not measured.)
+(The gunpowder ``Scan`` baseline, in a venv of its own, is ``benchmarks/gunpowder_baseline.py``.)
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ venv="$here/.gp-venv"
 py="${PYTHON:-python3}"
 if [[ "${REBUILD:-0}" == 1 ]]; then rm -rf "$venv"; fi
 if [[ ! -x "$venv/bin/python" ]]; then "$py" -m venv "$venv"; fi
-"$venv/bin/pip" install --quiet --upgrade pip
 "$venv/bin/pip" install --quiet "torch==2.13.0"
 "$venv/bin/pip" install --quiet "gunpowder==1.4.4" "zarr<3" "numpy<2"
 "$venv/bin/python" - <<'PY'

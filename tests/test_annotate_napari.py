@@ -156,18 +156,18 @@ def test_manifest_points_at_the_widget():
     for w in man["contributions"]["widgets"]:
         module, attr = cmds[w["command"]].split(":")
         assert module == nw.__name__ and attr == "GraphCutWidget"
-    import tomllib
     from pathlib import Path
 
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert pyproject["project"]["entry-points"]["napari.manifest"]["organet"] == "organet.annotate:napari.yaml"
-    assert "napari" in pyproject["project"]["optional-dependencies"]
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert '[project.entry-points."napari.manifest"]\norganet = "organet.annotate:napari.yaml"' in pyproject
+    assert '\nnapari = ["napari' in pyproject and '"organet.annotate" = ["napari.yaml"]' in pyproject
 
 
 def test_widget_module_imports_without_napari(monkeypatch):
     monkeypatch.setitem(sys.modules, "napari", None)  # `import napari` now raises ImportError
     monkeypatch.setitem(sys.modules, "magicgui", None)
     monkeypatch.delitem(sys.modules, "organet.annotate.napari_widget")
+    monkeypatch.delattr(sys.modules["organet.annotate"], "napari_widget")  # both restored afterwards
     monkeypatch.setattr(nw, "_WIDGET_CLASS", None)
     mod = importlib.import_module("organet.annotate.napari_widget")
     assert callable(mod.graphcut_layers)
@@ -191,11 +191,16 @@ def test_cli_napari_missing_is_one_clear_error(monkeypatch, tmp_path):
 # --------------------------------------------------------------------------- with napari (skipped here)
 
 
-@pytest.fixture
-def viewer():
+def _need_gui() -> None:
     pytest.importorskip("napari")
     pytest.importorskip("magicgui")
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        pytest.skip("napari's canvas needs OpenGL on a display (run under xvfb-run)")
+
+
+@pytest.fixture
+def viewer():
+    _need_gui()
     import napari
 
     v = napari.Viewer(show=False)
@@ -246,10 +251,8 @@ def test_widget_paint_run_correct_save(viewer, tmp_path):
     assert (open_volume(tmp_path / "gt.zarr" / "scribbles").read() == data).all()
 
 
-def test_open_viewer_docks_the_widget(tmp_path, monkeypatch):
-    pytest.importorskip("napari")
-    pytest.importorskip("magicgui")
-    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+def test_open_viewer_docks_the_widget(tmp_path):
+    _need_gui()
     raw, s1, _ = spheres()
     tifffile.imwrite(tmp_path / "raw.tif", raw)
     tifffile.imwrite(tmp_path / "scrib.tif", sphere_scribbles(raw.shape, s1)[4:20])

@@ -75,7 +75,7 @@ def napari_command(
     roi_vox: Annotated[Optional[str], typer.Option("--roi-vox", help="load only this ROI in voxels: z0:z1,y0:y1,x0:x1 (it is held in memory)")] = None,
     voxel_size: Annotated[Optional[tuple[float, float, float]], typer.Option(help="nm, (z, y, x); overrides metadata")] = None,
 ) -> None:
-    """Paint scribbles in napari and run the graph cut from a docked widget (needs organet[napari])."""
+    """Paint scribbles in napari and run the graph cut from a docked widget (needs the optional napari extra)."""
     from rich.markup import escape
 
     from organet.annotate.napari_widget import open_viewer, require_napari
@@ -97,6 +97,8 @@ def napari_command(
         open_viewer(raw, scribbles, output=output, voxel_size=voxel_size, roi_vox=roi_vox)
     except (VolumeError, ValueError, FileNotFoundError) as e:
         fail(str(e))
+    except ImportError as e:  # e.g. no Qt binding
+        fail(f"napari could not start: {e} (a Qt backend comes with pip install 'organet[napari]')")
     napari.run()
 
 

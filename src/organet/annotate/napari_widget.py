@@ -221,7 +221,7 @@ def require_napari() -> None:
         import magicgui  # noqa: F401
         import napari  # noqa: F401
     except ImportError as e:
-        if getattr(e, "name", None) in ("napari", "magicgui") or "napari" in str(e) or "magicgui" in str(e):
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in ("napari", "magicgui"):
             raise ImportError(NAPARI_MISSING) from e
         raise ImportError(f"napari could not be imported: {e}") from e
 

@@ -110,3 +110,10 @@ def test_valid_sizes_and_info(files):
     assert r.exit_code == 0 and " 204 ->  110" in r.output
     r = invoke("info", d / "model.pt")
     assert r.exit_code == 0 and '"organelle": "mito"' in r.output
+
+
+def test_error_messages_keep_square_brackets(tmp_path):
+    """rich markup must not eat ``[...]`` in paths or hints."""
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "conf[v2].yaml")])
+    assert res.exit_code == 2
+    assert "conf[v2].yaml" in res.output

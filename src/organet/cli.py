@@ -7,6 +7,8 @@ HDF5 (``file.h5:/dataset``). Bad input prints one ``error:`` line and exits 2.
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 import json
 import sys
 import warnings
@@ -28,7 +30,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(msg: str) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -253,7 +255,7 @@ def _predict_blockwise(  # type: ignore[no-untyped-def]
                 retries=retries, client=client, overwrite=overwrite, chunks=chunks,
             )
     except BlockFailures as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except _user_errors() as e:  # raised while starting the cluster
         _fail(str(e))
@@ -331,7 +333,7 @@ def evaluate(
         except RuntimeError as e:
             if isinstance(e, typer.Exit):
                 raise
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
     console.print(res.to_table())
     if json_out:

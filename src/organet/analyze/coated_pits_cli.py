@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from typing import Annotated, Optional
 
 import typer
@@ -49,7 +51,7 @@ def coated_pits_command(
         result = analyze_coated_pits(p, r, m, params=prm)
         written = write_outputs(result, output, plots=plots)
     except (VolumeError, ValueError, FileNotFoundError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     t = result.table
     out = Console()

@@ -6,6 +6,8 @@ Wire it with ``app.command("instances")(instances_command)``. Bad input prints o
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -44,7 +46,7 @@ def instances_command(
     console, err = Console(), Console(stderr=True)
 
     def fail(msg: str, code: int = 2) -> NoReturn:
-        err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
         raise typer.Exit(code)
 
     try:

@@ -6,6 +6,8 @@ empty prediction, bad parameter) prints one ``error:`` line and exits with code 
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from typing import Annotated, Optional
 
 import typer
@@ -49,7 +51,7 @@ def pores_command(
         )
         files = write_outputs(result, output, gallery=gallery)
     except (VolumeError, ValueError, FileNotFoundError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     t = result.table
     d = t["diameter_mean_nm"].dropna()

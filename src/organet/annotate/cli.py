@@ -7,6 +7,8 @@ input prints one ``error:`` line and exits with code 2.
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from typing import Annotated, NoReturn, Optional
 
 import typer
@@ -58,7 +60,7 @@ def graphcut_command(
         res = graphcut_volume(r, s, output, roi=roi, params=params, overwrite=overwrite,
                               log=lambda m: err.print(m, highlight=False))
     except (VolumeError, ValueError, FileNotFoundError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     frac = float(res.labels.mean())
     console.print(
@@ -76,7 +78,6 @@ def napari_command(
     voxel_size: Annotated[Optional[tuple[float, float, float]], typer.Option(help="nm, (z, y, x); overrides metadata")] = None,
 ) -> None:
     """Paint scribbles in napari and run the graph cut from a docked widget (needs the optional napari extra)."""
-    from rich.markup import escape
 
     from organet.annotate.napari_widget import open_viewer, require_napari
     from organet.volumes import VolumeError

@@ -5,6 +5,8 @@ Wired by ``organet.cli``. Bad input prints one ``error:`` line and exits with co
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from typing import Annotated, NoReturn, Optional
 
 import typer
@@ -14,7 +16,7 @@ console, err_console = Console(), Console(stderr=True)
 
 
 def _fail(msg: str) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -86,8 +86,12 @@ def predict_volume(
     dev = resolve_device(device)
     offset_nm = tuple(o + r * v for o, r, v in zip(vol.offset, roi.offset, vol.voxel_size))
     meta = {
-        "model": {"organelle": ckpt.organelle, "iteration": ckpt.iteration, "path": str(model) if not isinstance(model, Checkpoint) else None,
-                  "voxel_size": list(ckpt.voxel_size)},
+        "model": {
+            "organelle": ckpt.organelle,
+            "iteration": ckpt.iteration,
+            "path": None if isinstance(model, Checkpoint) else str(model),
+            "voxel_size": list(ckpt.voxel_size),
+        },
         "normalization": ckpt.normalization.model_dump(),
         "source": str(vol.path),
         "roi_vox": {"offset": list(roi.offset), "shape": list(roi.shape)},

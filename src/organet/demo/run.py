@@ -66,7 +66,7 @@ def demo_config(
     voxel_size: tuple[float, float, float] | None = None, checkpoint_every: int = 100,
     model: dict | None = None, optimizer: dict | None = None, exclusion_zone: tuple[int, int] = (4, 4),
 ) -> ExperimentConfig:
-    """Config of the demo run: reduced CPU network (``CPU_MODEL``, lr 3e-4 unless given),
+    """Config of the demo run: reduced CPU network (``CPU_MODEL``, lr 1e-3 unless given),
     seed recipe otherwise."""
     spec = {"raw": raw, "labels": labels, "voxel_size": voxel_size}
     return parse_config(
@@ -80,7 +80,7 @@ def demo_config(
                 "train": [{**spec, "name": "train", "roi_vox": train_roi}],
                 "validation": [{**spec, "name": "held-out", "roi_vox": val_roi}],
             },
-            "optimizer": optimizer or {"lr": 3e-4, "weight_decay": 3e-5},
+            "optimizer": optimizer or {"lr": 1e-3, "weight_decay": 3e-5},
             "training": {"iterations": 1_000_000, "max_minutes": minutes, "checkpoint_every": checkpoint_every},
             "validation": {"exclusion_zone": list(exclusion_zone)},
         },

@@ -41,6 +41,7 @@ def test_downsample_block_modes_and_partial_blocks():
     maj = downsample_block(lab, 2, "majority")
     assert maj[0, 0, 0] == 1 and maj[1, 1, 1] == 0
     assert downsample_block(lab, 2, "max")[1, 1, 1] == 1
+    np.testing.assert_array_equal(downsample_block(lab * 255, 2, "majority"), maj)  # masks stored as 0/255
     with pytest.raises(VolumeError, match="mode"):
         downsample_block(a, 2, "median")  # type: ignore[arg-type]
 

@@ -49,8 +49,8 @@ def downsample_block(a: np.ndarray, factor: Sequence[int], mode: Mode = "mean") 
 
     A trailing partial block (shape not a multiple of ``factor``) is reduced over the
     voxels it has. ``mean`` rounds back to ``a``'s dtype for integer types;
-    ``majority`` is for 0/1 labels (1 where at least half the block is 1); ``max``
-    keeps any foreground.
+    ``majority`` is for foreground masks (1 where at least half the block is > 0, else 0);
+    ``max`` keeps any foreground.
     """
     f = as_factor(factor)
     if mode not in ("mean", "majority", "max"):
@@ -59,7 +59,7 @@ def downsample_block(a: np.ndarray, factor: Sequence[int], mode: Mode = "mean") 
         return a
     shape = tuple(math.ceil(n / k) for n, k in zip(a.shape, f))
     pad = [(0, s * k - n) for s, k, n in zip(shape, f, a.shape)]
-    x = a.astype(np.float32, copy=False)
+    x = (a > 0).astype(np.float32) if mode == "majority" else a.astype(np.float32, copy=False)
     # padded voxels are NaN so the reductions ignore them
     if any(p for _, p in pad):
         x = np.pad(x, pad, constant_values=np.nan)
@@ -97,6 +97,8 @@ class DownsampledVolume:
     def __init__(self, base: Any, factor: Sequence[int], mode: Mode = "mean") -> None:
         self.base = base
         self.factor = as_factor(factor)
+        if mode not in ("mean", "majority", "max"):
+            raise VolumeError(f"downsampling mode must be mean, majority or max, got {mode!r}")
         self.mode = mode
         self.shape = tuple(math.ceil(n / k) for n, k in zip(base.shape, self.factor))
         self.dtype = np.dtype(base.dtype)

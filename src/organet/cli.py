@@ -7,8 +7,6 @@ HDF5 (``file.h5:/dataset``). Bad input prints one ``error:`` line and exits 2.
 
 from __future__ import annotations
 
-from rich.markup import escape
-
 import json
 import sys
 import warnings
@@ -18,6 +16,7 @@ from typing import Annotated, NoReturn, Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     add_completion=False,

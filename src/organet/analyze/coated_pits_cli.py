@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
-
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 
 def coated_pits_command(

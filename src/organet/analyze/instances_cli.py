@@ -6,13 +6,12 @@ Wire it with ``app.command("instances")(instances_command)``. Bad input prints o
 
 from __future__ import annotations
 
-from rich.markup import escape
-
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 
 def instances_command(

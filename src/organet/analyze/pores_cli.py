@@ -6,12 +6,11 @@ empty prediction, bad parameter) prints one ``error:`` line and exits with code 
 
 from __future__ import annotations
 
-from rich.markup import escape
-
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 
 def pores_command(

@@ -7,12 +7,11 @@ input prints one ``error:`` line and exits with code 2.
 
 from __future__ import annotations
 
-from rich.markup import escape
-
 from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 
 def graphcut_command(

@@ -5,12 +5,11 @@ Wired by ``organet.cli``. Bad input prints one ``error:`` line and exits with co
 
 from __future__ import annotations
 
-from rich.markup import escape
-
 from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console, err_console = Console(), Console(stderr=True)
 

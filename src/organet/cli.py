@@ -16,7 +16,8 @@ from typing import Annotated, NoReturn, Optional
 import numpy as np
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from organet.clierrors import print_error
 
 app = typer.Typer(
     add_completion=False,
@@ -29,7 +30,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(msg: str) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+    print_error(err_console, msg)
     raise typer.Exit(2)
 
 
@@ -254,7 +255,7 @@ def _predict_blockwise(  # type: ignore[no-untyped-def]
                 retries=retries, client=client, overwrite=overwrite, chunks=chunks,
             )
     except BlockFailures as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        print_error(err_console, e)
         raise typer.Exit(1) from None
     except _user_errors() as e:  # raised while starting the cluster
         _fail(str(e))
@@ -332,7 +333,7 @@ def evaluate(
         except RuntimeError as e:
             if isinstance(e, typer.Exit):
                 raise
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            print_error(err_console, e)
             raise typer.Exit(1) from None
     console.print(res.to_table())
     if json_out:

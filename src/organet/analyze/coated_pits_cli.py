@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
+
+from organet.clierrors import print_error
 
 
 def coated_pits_command(
@@ -50,7 +51,7 @@ def coated_pits_command(
         result = analyze_coated_pits(p, r, m, params=prm)
         written = write_outputs(result, output, plots=plots)
     except (VolumeError, ValueError, FileNotFoundError) as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        print_error(err, e)
         raise typer.Exit(2) from None
     t = result.table
     out = Console()

@@ -11,7 +11,8 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from organet.clierrors import print_error
 
 
 def instances_command(
@@ -45,7 +46,7 @@ def instances_command(
     console, err = Console(), Console(stderr=True)
 
     def fail(msg: str, code: int = 2) -> NoReturn:
-        err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+        print_error(err, msg)
         raise typer.Exit(code)
 
     try:

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from organet.clierrors import print_error
 
 
 def pores_command(
@@ -50,7 +51,7 @@ def pores_command(
         )
         files = write_outputs(result, output, gallery=gallery)
     except (VolumeError, ValueError, FileNotFoundError) as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        print_error(err, e)
         raise typer.Exit(2) from None
     t = result.table
     d = t["diameter_mean_nm"].dropna()

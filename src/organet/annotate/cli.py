@@ -11,7 +11,8 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from organet.clierrors import print_error
 
 
 def graphcut_command(
@@ -59,7 +60,7 @@ def graphcut_command(
         res = graphcut_volume(r, s, output, roi=roi, params=params, overwrite=overwrite,
                               log=lambda m: err.print(m, highlight=False))
     except (VolumeError, ValueError, FileNotFoundError) as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        print_error(err, e)
         raise typer.Exit(2) from None
     frac = float(res.labels.mean())
     console.print(
@@ -84,7 +85,7 @@ def napari_command(
     err = Console(stderr=True)
 
     def fail(msg: str) -> NoReturn:
-        err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+        print_error(err, msg)
         raise typer.Exit(2)
 
     try:

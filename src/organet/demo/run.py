@@ -64,10 +64,10 @@ def _synthetic_data(out: Path, seed: int) -> tuple[str, str, str, str]:
 def demo_config(
     raw: str, labels: str, train_roi: str, val_roi: str, run_dir: Path, minutes: float, seed: int,
     voxel_size: tuple[float, float, float] | None = None, checkpoint_every: int = 100,
-    model: dict | None = None, optimizer: dict | None = None, exclusion_zone: tuple[int, int] = (4, 4),
+    model: dict | None = None, exclusion_zone: tuple[int, int] = (4, 4),
 ) -> ExperimentConfig:
-    """Config of the demo run: reduced CPU network (``CPU_MODEL``, lr 1e-3 unless given),
-    seed recipe otherwise."""
+    """Config of the demo run: a reduced CPU network (``CPU_MODEL`` unless given), lr 1e-3
+    (He init, the config default), seed recipe otherwise."""
     spec = {"raw": raw, "labels": labels, "voxel_size": voxel_size}
     return parse_config(
         {
@@ -80,7 +80,7 @@ def demo_config(
                 "train": [{**spec, "name": "train", "roi_vox": train_roi}],
                 "validation": [{**spec, "name": "held-out", "roi_vox": val_roi}],
             },
-            "optimizer": optimizer or {"lr": 1e-3, "weight_decay": 3e-5},
+            "optimizer": {"lr": 1e-3, "weight_decay": 3e-5},
             "training": {"iterations": 1_000_000, "max_minutes": minutes, "checkpoint_every": checkpoint_every},
             "validation": {"exclusion_zone": list(exclusion_zone)},
         },
@@ -96,7 +96,7 @@ LUCCHI_MODEL = {"num_fmaps": 16, "fmap_inc_factor": 2, "downsample_factors": [[2
 def _lucchi_config(raw: str, labels: str, out: Path, minutes: float, seed: int,
                    log: Callable[[str], None]) -> ExperimentConfig:
     """Real data in the lucchi_pp layout: 10 nm copies (block means; majority labels), the
-    network and learning rate of configs/lucchi_mito_cpu.yaml, train z 0-123, validate z 126-165."""
+    network of configs/lucchi_mito_cpu.yaml, train z 0-123, validate z 126-165."""
     from organet.volumes import convert_volume
 
     log("writing 10 nm copies of the data (2 x 2 x 2 block means) ...")
@@ -105,8 +105,7 @@ def _lucchi_config(raw: str, labels: str, out: Path, minutes: float, seed: int,
     convert_volume(labels, l10, voxel_size=(5.0, 5.0, 5.0), downsample=2, downsample_mode="majority", progress=False)
     return demo_config(
         str(r10), str(l10), "0:62,:,:", "63:83,:,:", out / "run", minutes, seed, None,
-        max(100, int(minutes * 30)), model={**LUCCHI_MODEL, "weight_init": "kaiming"},
-        optimizer={"lr": 1e-3, "weight_decay": 3e-5}, exclusion_zone=(2, 2),
+        max(100, int(minutes * 30)), model=LUCCHI_MODEL, exclusion_zone=(2, 2),
     )
 
 

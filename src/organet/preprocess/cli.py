@@ -9,13 +9,14 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from organet.clierrors import print_error
 
 console, err_console = Console(), Console(stderr=True)
 
 
 def _fail(msg: str) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+    print_error(err_console, msg)
     raise typer.Exit(2)
 
 

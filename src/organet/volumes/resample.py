@@ -18,7 +18,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from .errors import VolumeError
+from .errors import VolumeError, as_int3
 from .roi import Roi
 
 Mode = Literal["mean", "majority", "max"]
@@ -26,10 +26,8 @@ Factor3 = tuple[int, int, int]
 
 
 def as_factor(factor: int | Sequence[int]) -> Factor3:
-    f = (factor,) * 3 if isinstance(factor, (int, np.integer)) else tuple(int(v) for v in factor)
-    if len(f) != 3 or any(v < 1 for v in f):
-        raise VolumeError(f"downsampling factor must be 1 or 3 integers >= 1 (z, y, x), got {factor!r}")
-    return f  # type: ignore[return-value]
+    """A downsampling factor as (z, y, x) integers >= 1; one int applies to all axes."""
+    return as_int3((factor,) * 3 if isinstance(factor, (int, np.integer)) else factor, "downsampling factor", minimum=1)
 
 
 def integer_factor(coarse_nm: Sequence[float], fine_nm: Sequence[float], rtol: float = 0.05) -> Factor3 | None:

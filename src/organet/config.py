@@ -6,6 +6,8 @@ file. Unknown keys and bad values are errors that name the key.
 
 from __future__ import annotations
 
+from organet.errors import ConfigError
+
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -15,10 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from organet.model.unet import UNetConfig, output_shape, valid_sizes
 from organet.preprocess.normalize import Normalization
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the key."""
 
 
 class _Strict(BaseModel):

@@ -9,6 +9,8 @@ Writes are atomic (temporary file, then rename).
 
 from __future__ import annotations
 
+from organet.errors import CheckpointError
+
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -22,10 +24,6 @@ from organet.preprocess.normalize import Normalization
 
 FORMAT = "organet-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, foreign, or mismatching."""
 
 
 @dataclass

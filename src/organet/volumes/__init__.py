@@ -7,7 +7,7 @@ boxes in voxels; :func:`parse_roi` reads ``"z0:z1,y0:y1,x0:x1"`` in nm or voxels
 """
 
 from .convert import convert_volume
-from .errors import VolumeError
+from organet.errors import VolumeError
 from .ome_zarr import OmeZarrWriter, write_ome_zarr
 from .readers import ACCEPTED_FORMS, open_volume
 from .roi import Roi, parse_roi

@@ -8,7 +8,9 @@ from typing import Any, Iterator, Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .errors import VolumeError, as_int3
+from organet.errors import VolumeError
+
+from .geometry import as_int3
 from .ome_zarr import write_ome_zarr
 from .readers import open_volume
 from .resample import DownsampledVolume, Mode, as_factor, downsampled_geometry

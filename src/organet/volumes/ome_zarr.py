@@ -15,7 +15,9 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from .errors import Vec3, VolumeError, as_int3, as_vec3, unit_to_nm
+from organet.errors import VolumeError
+
+from .geometry import Vec3, as_int3, as_vec3, unit_to_nm
 from .volume import Unavailable, Volume
 
 OME_VERSION = "0.5"

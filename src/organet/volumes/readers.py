@@ -15,7 +15,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import Vec3, VolumeError, as_vec3, unit_to_nm
+from organet.errors import VolumeError
+
+from .geometry import Vec3, as_vec3, unit_to_nm
 from .ome_zarr import ORGANET_KEY, find_multiscales, ome_geometry
 from .volume import LazyArray, SqueezeLeading, Volume
 

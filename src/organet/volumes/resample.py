@@ -18,7 +18,9 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from .errors import VolumeError, as_int3
+from organet.errors import VolumeError
+
+from .geometry import as_int3
 from .roi import Roi
 
 Mode = Literal["mean", "majority", "max"]

@@ -7,7 +7,9 @@ import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Sequence
 
-from .errors import Int3, Vec3, VolumeError, as_int3, as_vec3, fmt_vec
+from organet.errors import VolumeError
+
+from .geometry import Shape3, Vec3, as_int3, as_vec3, fmt_vec
 
 if TYPE_CHECKING:
     from .volume import Volume
@@ -25,15 +27,15 @@ class Roi:
     the shape is >= 0 on every axis.
     """
 
-    offset: Int3
-    shape: Int3
+    offset: Shape3
+    shape: Shape3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "offset", as_int3(self.offset, "ROI offset"))
         object.__setattr__(self, "shape", as_int3(self.shape, "ROI shape", minimum=0))
 
     @property
-    def end(self) -> Int3:
+    def end(self) -> Shape3:
         """One past the last voxel, (z, y, x)."""
         o, s = self.offset, self.shape
         return (o[0] + s[0], o[1] + s[1], o[2] + s[2])

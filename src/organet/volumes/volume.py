@@ -8,7 +8,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import Vec3, VolumeError, as_int3, as_vec3, fmt_vec
+from organet.errors import VolumeError
+
+from .geometry import Vec3, as_int3, as_vec3, fmt_vec
 from .roi import Roi
 
 Key = Any  # NumPy basic index: ints, slices, Ellipsis

@@ -1,4 +1,5 @@
-"""Error type and small validation helpers shared by the volume modules."""
+"""Geometry types and validation helpers: the one place for ``Shape3``/``Vec3`` and the
+voxel-size tolerance. Axis order is (z, y, x) throughout; sizes in nm unless named ``_vox``."""
 
 from __future__ import annotations
 
@@ -6,12 +7,28 @@ import math
 import operator
 from typing import Any, Sequence
 
+from organet.errors import IncompatibleError, VolumeError
+
 Vec3 = tuple[float, float, float]
-Int3 = tuple[int, int, int]
+"""Three floats (z, y, x), e.g. a voxel size or offset in nm."""
+Shape3 = tuple[int, int, int]
+"""Three integers (z, y, x), e.g. a shape, offset or factor in voxels."""
+
+VOXEL_SIZE_RTOL = 1e-3
+"""Relative tolerance under which two voxel sizes count as the same (5.0 vs 5.004 nm)."""
 
 
-class VolumeError(ValueError):
-    """Bad volume input: missing path, unknown format, bad metadata, ROI outside a volume, ..."""
+def same_voxel_size(a: Sequence[float], b: Sequence[float]) -> bool:
+    """True when two voxel sizes (nm, z, y, x) agree within :data:`VOXEL_SIZE_RTOL` on every axis."""
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=VOXEL_SIZE_RTOL) for x, y in zip(a, b))
+
+
+def check_same_voxel_size(a: Sequence[float], b: Sequence[float], what_a: str, what_b: str, hint: str = "") -> None:
+    """Raise :class:`IncompatibleError` unless :func:`same_voxel_size` (``hint`` is appended)."""
+    if not same_voxel_size(a, b):
+        raise IncompatibleError(
+            f"{what_a} has voxel size {fmt_vec(a)} nm but {what_b} has {fmt_vec(b)} nm" + (f"; {hint}" if hint else "")
+        )
 
 
 # Length units -> nanometres. Keys are lower case.
@@ -51,7 +68,7 @@ def as_vec3(value: Any, what: str, *, positive: bool = False) -> Vec3:
     return (vals[0], vals[1], vals[2])
 
 
-def as_int3(value: Any, what: str, *, minimum: int | None = None) -> Int3:
+def as_int3(value: Any, what: str, *, minimum: int | None = None) -> Shape3:
     """Validate a (z, y, x) triple of integers (optionally each >= minimum)."""
     try:
         if isinstance(value, (str, bytes)) or len(value) != 3:

@@ -36,4 +36,20 @@ class IncompatibleError(OrganetError):
     """Inputs that do not fit together: voxel sizes, shapes, a model and its data, an earlier run."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "IncompatibleError", "InputError", "OrganetError", "VolumeError"]
+
+
+class BlockFailures(RuntimeError):
+    """Some blocks of a blockwise pass still failed after their retries.
+
+    Not a user error: the command exits 1 and lists the blocks. Finished blocks are
+    kept (in the ledger ``where``), so rerunning the same command resumes.
+    """
+
+    def __init__(self, stage: str, failures: dict[tuple[int, int, int], str], total: int, where: str = "") -> None:
+        self.stage, self.failures, self.total, self.where = stage, dict(sorted(failures.items())), total, where
+        lines = [f"block {'_'.join(map(str, b))}: {msg}" for b, msg in self.failures.items()]
+        keep = f"; finished blocks are kept in {where} and a rerun of the same command resumes" if where else ""
+        super().__init__(f"{len(failures)} of {total} blocks failed ({stage}){keep}:\n  " + "\n  ".join(lines))
+
+
+__all__ = ["BlockFailures", "CheckpointError", "ConfigError", "IncompatibleError", "InputError", "OrganetError", "VolumeError"]

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-Shape3 = tuple[int, int, int]
+from organet.volumes.geometry import Shape3
 
 
 @dataclass(frozen=True)

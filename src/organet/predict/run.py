@@ -1,193 +1,271 @@
-"""Predict a volume (or an ROI of it) with a checkpoint and write OME-Zarr.
+"""``organet predict``: a volume (or an ROI of it) to OME-Zarr probabilities and a mask.
 
-Output container ``OUT.zarr`` (zarr v3, OME-Zarr 0.5) holds two images with the
-input's voxel size and the ROI's offset in nm (a model trained at a coarser voxel
-size is applied on the fly, see :func:`predict_volume`):
+One driver, in-process or on Dask through the same block plan and runner, so both give
+the same bytes. Output container ``OUT.zarr`` (zarr v3, OME-Zarr 0.5), with the
+input's voxel size and the ROI's offset in nm (a model trained at a coarser voxel size
+is applied through :class:`~organet.predict.Predictor`)::
 
-* ``OUT.zarr/probability``: foreground probability as uint8 (0-255);
-* ``OUT.zarr/mask``: binary mask (uint8 0/1), ``probability >= threshold``.
+    OUT.zarr/probability/s0, s1, ...   uint8 0..255 = round(255 p); pyramid: mean
+    OUT.zarr/mask/s0, s1, ...          uint8 0/1 = probability >= threshold; pyramid: max
 
-The container appears only when complete (written under a temporary name).
+While running, the data lives in ``OUT.zarr.partial`` and the finished blocks in the
+ledger ``OUT.zarr.progress`` (:class:`~organet.blockwise.Ledger`); a rerun of the same
+command resumes, and ``OUT.zarr`` appears (by rename) only when complete.
+
+Sizes and offsets are in voxels, (z, y, x), unless named ``_nm``.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import functools
+import hashlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+import zarr
 
-from organet.model.checkpoint import Checkpoint, load_checkpoint
-from organet.predict.tiled import (
-    default_tile_shape,
-    plan_tiles,
-    predict_tiles,
-    probability_to_uint8,
-    resolve_device,
-)
-from organet.volumes import Roi, Volume, open_volume, write_ome_zarr
-from organet.volumes.resample import DownsampledVolume, coarse_cover, integer_factor, upsample_linear
+from organet.blockwise import Ledger, Skip, run_blocks
+from organet.errors import InputError, VolumeError
+from organet.progress import ProgressFn
+from organet.volumes import Roi, Volume, open_volume
+from organet.volumes.atomic import fsync_chunks, remove_path, replace_path, temp_sibling
+from organet.volumes.blocks import Block, plan_blocks
+from organet.volumes.foreground import probability_to_uint8, uint8_cut
+from organet.volumes.geometry import Shape3
+from organet.volumes.ome_zarr import create_ome_image
+from organet.volumes.pyramid import build_pyramid
+from organet.volumes.resample import Mode
+
+from .predictor import Predictor
+from .sample_mask import SampleMask
+
+RUN_KEY = "organet_run"
+PARTIAL_SUFFIX = ".partial"
+PROGRESS_SUFFIX = ".progress"
+IMAGES: dict[str, Mode] = {"probability": "mean", "mask": "max"}
 
 
 @dataclass
 class PredictionResult:
+    """What :func:`predict_volume` did. ``note`` reports adjustments (e.g. a rounded block shape)."""
+
     output: Path
     roi: Roi
-    tiles: int
+    blocks: int
+    computed: int
+    skipped_by_mask: int
+    resumed: int
     seconds: float
     voxels_per_second: float
+    pyramid_levels: int
+    already_complete: bool = False
+    note: str = ""
+
+
+def default_chunks(step: Sequence[int], preferred: int = 64) -> Shape3:
+    """Output chunks that fit the tile step (input voxels): ``preferred`` where its least
+    common multiple with the step is at most 4 steps, else the divisor of the step closest
+    to ``preferred``."""
+    out = []
+    for s in (int(v) for v in step):
+        if math.lcm(s, preferred) <= 4 * max(s, preferred):
+            out.append(preferred)
+        else:
+            out.append(min((d for d in range(1, s + 1) if s % d == 0), key=lambda d: (abs(d - preferred), -d)))
+    return (out[0], out[1], out[2])
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_run(path: Path) -> dict[str, Any] | None:
+    try:
+        run = zarr.open_group(str(path), mode="r").attrs.get(RUN_KEY)
+    except Exception:  # noqa: BLE001 - not ours / not zarr
+        return None
+    return dict(run) if isinstance(run, dict) else None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs for one block (picklable; volumes reopen by path)."""
+
+    predictor: Predictor
+    raw: Volume
+    partial: str
+    origin: Shape3
+    cut: int
+    sample_mask: SampleMask | None
+
+
+def _predict_block(job: _Job, block: Block) -> Any:
+    if job.sample_mask is not None and not job.sample_mask.has_sample(job.raw, block.roi):
+        return Skip()
+    u = probability_to_uint8(job.predictor.predict(job.raw, block.roi))
+    sl = block.local(job.origin)
+    for name, data in (("probability", u), ("mask", (u >= job.cut).astype(np.uint8))):
+        arr = zarr.open_array(job.partial, path=f"{name}/s0", mode="r+")
+        arr[sl] = data
+        fsync_chunks(Path(job.partial) / name / "s0", sl, arr.chunks)
+    return None
 
 
 def predict_volume(
-    model: str | Path | Checkpoint,
+    predictor: Predictor | str | Path,
     raw: str | Path | Volume,
     output: str | Path,
+    *,
     roi: Roi | None = None,
-    tile_shape: Sequence[int] | None = None,
-    batch_size: int = 1,
-    device: str = "auto",
     threshold: float = 0.5,
-    chunks: Sequence[int] = (64, 64, 64),
+    chunks: Sequence[int] | None = None,
+    block_shape: Sequence[int] | None = None,
+    sample_mask: SampleMask | None = None,
+    client: Any | None = None,
+    retries: int = 2,
     overwrite: bool = False,
-    progress: bool = True,
-    tta: str | None = None,
+    progress: ProgressFn | None = None,
     check_preprocess: bool = True,
 ) -> PredictionResult:
-    """Predict ``roi`` (voxels; default the whole volume) of ``raw`` into ``output``.
+    """Predict ``roi`` (input voxels; default the whole volume) of ``raw`` into ``output``.
 
-    ``tile_shape`` is the network input per tile (voxels); by default a tile
-    with about 96 output voxels per axis. The result equals an untiled forward
-    pass over the ROI (context comes from the real neighbourhood). ``tta``: see
-    :func:`organet.predict.tiled.predict_tiles` (default off). An input whose recorded
-    contrast normalization (``organet preprocess``) differs from the model's is refused
-    unless ``check_preprocess=False``.
-
-    A model trained at a whole multiple of the input's voxel size (10 nm on 5 nm data)
-    sees block means of the input; its probabilities are interpolated linearly back onto
-    the input grid, so the output always has the input's voxel size. Other voxel size
-    mismatches raise ValueError.
+    Parameters
+    ----------
+    predictor
+        A :class:`Predictor` (or a checkpoint path, with default settings).
+    raw
+        The input volume (or its path).
+    output
+        ``OUT.zarr``; refused if it exists unless ``overwrite`` (a complete output of the
+        same run is reported as such and left alone).
+    threshold
+        Foreground probability for the mask, in [0, 1].
+    chunks, block_shape
+        Output chunks and block shape (voxels). By default chunks that fit the tile step
+        and blocks of whole tiles and chunks near 256 voxels; a given block shape is rounded
+        to whole chunks (:attr:`PredictionResult.note` says how).
+    sample_mask
+        Blocks without sample are skipped (read 0).
+    client
+        A Dask ``distributed.Client``; None runs the same blocks in this process.
+    retries
+        Extra attempts per failing block; blocks that still fail raise
+        :class:`~organet.errors.BlockFailures` and the partial output stays for a rerun.
+    check_preprocess
+        Refuse an input whose recorded contrast normalization differs from the model's.
     """
-    ckpt = model if isinstance(model, Checkpoint) else load_checkpoint(model)
+    t0 = time.time()
+    pred = predictor if isinstance(predictor, Predictor) else Predictor.from_checkpoint(predictor)
+    if pred.checkpoint is None and client is not None:
+        raise InputError("prediction on Dask needs a model from a checkpoint file")
     vol = raw if isinstance(raw, Volume) else open_volume(raw)
     if check_preprocess:
         from organet.preprocess.normalize import check_preprocess as _check
 
-        _check(ckpt.normalization.preprocess, vol.attrs, f"input {vol.path}", "the model")
-    factor = model_factor(ckpt.voxel_size, vol.voxel_size)
+        _check(pred.normalization.preprocess, vol.attrs, f"input {vol.path}", "the model")
+    factor = pred.factor(vol.voxel_size)
+    if client is not None and vol._spec is None and not isinstance(vol.data, np.ndarray):
+        raise VolumeError(f"{vol.path or 'the input volume'} cannot be sent to Dask workers: open it from a file")
     roi = roi if roi is not None else vol.roi
-    if not vol.roi.contains(roi):
-        raise ValueError(f"ROI {roi} lies outside the volume {vol.roi}")
-    net = ckpt.build_model()
-    dev = resolve_device(device)
+    if roi.empty or not vol.roi.contains(roi):
+        raise InputError(f"ROI {roi} lies outside the volume {vol.path} of shape {vol.shape} or is empty")
+    cut = uint8_cut(threshold)
+    pred = pred.for_region(vol, roi)
+    step_in = tuple(s * f for s, f in zip(pred.grid().step, factor))
+    ch = tuple(int(c) for c in chunks) if chunks is not None else default_chunks(step_in)
+    ch = (min(ch[0], roi.shape[0]), min(ch[1], roi.shape[1]), min(ch[2], roi.shape[2]))
+    unit = tuple(math.lcm(s, c) for s, c in zip(step_in, ch))
+    if block_shape is not None or any(u > 4 * max(s, c) for u, s, c in zip(unit, step_in, ch)):
+        unit = ch
+    plan = plan_blocks(roi, ch, block_shape, unit=unit, context=pred.context_vox(vol.voxel_size))
+    note = plan.note
+    if any(b % s and b < n for b, s, n in zip(plan.block_shape, step_in, roi.shape)):
+        note = (note + "; " if note else "") + (
+            f"blocks are not whole tile steps ({'x'.join(map(str, step_in))} voxels), so tiles on block edges are "
+            "computed more than once")
     offset_nm = tuple(o + r * v for o, r, v in zip(vol.offset, roi.offset, vol.voxel_size))
+    output = Path(output).expanduser()
+    model_path = pred.checkpoint
+    run = {
+        "predictor": pred.describe(),
+        "checkpoint_sha256": _sha256(model_path) if model_path else None,
+        "input": vol.path, "input_shape": list(vol.shape), "voxel_size": list(vol.voxel_size),
+        "roi_offset": list(roi.offset), "roi_shape": list(roi.shape), "chunks": list(ch),
+        "block_shape": list(plan.block_shape), "threshold": float(threshold), "factor": list(factor),
+        "sample_mask": sample_mask.describe() if sample_mask is not None else None,
+    }
     meta = {
-        "model": {
-            "organelle": ckpt.organelle,
-            "iteration": ckpt.iteration,
-            "path": None if isinstance(model, Checkpoint) else str(model),
-            "voxel_size": list(ckpt.voxel_size),
-        },
-        "normalization": ckpt.normalization.model_dump(),
-        "source": str(vol.path),
+        "model": {"organelle": pred.organelle, "iteration": pred.iteration, "path": model_path,
+                  "voxel_size": list(pred.voxel_size)},
+        "normalization": pred.normalization.model_dump(), "source": vol.path,
         "roi_vox": {"offset": list(roi.offset), "shape": list(roi.shape)},
-        **({"tta": tta} if tta else {}),
+        **({"tta": pred.tta} if pred.tta else {}),
         **({"resampled": {"factor": list(factor), "upsampling": "linear"}} if factor != (1, 1, 1) else {}),
     }
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    t0 = time.time()
-    with write_ome_zarr(output, overwrite=overwrite) as out, Progress(*columns, disable=not progress) as bar:
-        prob = out.create_image(
-            "probability", roi.shape, np.uint8, vol.voxel_size, offset_nm, chunks,
-            attrs={"kind": "probability", "scale": 255, **meta},
-        )
-        mask = out.create_image(
-            "mask", roi.shape, np.uint8, vol.voxel_size, offset_nm, chunks,
-            attrs={"kind": "mask", "threshold": threshold, **meta},
-        )
-        cut = int(np.ceil(threshold * 255 - 1e-9))
-
-        def write(out_start: Sequence[int], p: np.ndarray) -> None:
-            sl = tuple(slice(a - o, a - o + s) for a, o, s in zip(out_start, roi.offset, p.shape))
-            u = probability_to_uint8(p)
-            prob.write(sl, u)
-            mask.write(sl, (u >= cut).astype(np.uint8))
-
-        def run(source: Any, region: Roi, sink: Callable[[Sequence[int], np.ndarray], None]) -> int:
-            tile = tuple(tile_shape) if tile_shape is not None else default_tile_shape(ckpt.architecture, region.shape)
-            plan = plan_tiles(ckpt.architecture, tile, region.offset, region.shape)
-            task = bar.add_task("predict", total=len(plan))
-            predict_tiles(net, source, ckpt.normalization, plan, sink, batch_size, dev,
-                          progress=lambda n: bar.advance(task, n), tta=tta)
-            return len(plan)
-
-        if factor == (1, 1, 1):
-            n_tiles = run(vol, roi, write)
-        else:
-            n_tiles = _predict_resampled(run, vol, roi, factor, Path(output), chunks, write, bar)
+    partial = output.with_name(output.name + PARTIAL_SUFFIX)
+    ledger_path = output.with_name(output.name + PROGRESS_SUFFIX)
+    if output.exists() or output.is_symlink():
+        prev = _read_run(output)
+        if prev is not None and prev.get("complete") and {**prev, "complete": False} == {**run, "complete": False} \
+                and not overwrite:
+            remove_path(ledger_path)  # left over when a run ended right after its rename
+            return PredictionResult(output, roi, len(plan), 0, 0, len(plan), time.time() - t0, 0.0,
+                                    _levels(output), already_complete=True, note=note)
+        if not overwrite:
+            raise InputError(f"output already exists: {output} (pass --overwrite to replace it)")
+    ledger = Ledger.open(ledger_path, run, overwrite=overwrite)
+    if ledger.created or not partial.exists():
+        if not ledger.created:  # a ledger without its data: start over
+            ledger.remove()
+            ledger = Ledger.open(ledger_path, run)
+        remove_path(partial)
+        _create_partial(partial, run, roi.shape, ch, vol.voxel_size, offset_nm, meta, threshold)
+    resumed = len(ledger.entries("predict"))
+    done = run_blocks(functools.partial(_predict_block, _Job(pred, vol, str(partial), roi.offset, cut, sample_mask)),
+                      plan, stage="predict", ledger=ledger, client=client, retries=retries, progress=progress)
+    levels = 1
+    for name, mode in IMAGES.items():
+        levels = build_pyramid(str(partial / name), mode, client=client, retries=retries, ledger=ledger,
+                               progress=progress)
+    root = zarr.open_group(str(partial), mode="r+")
+    root.attrs[RUN_KEY] = {**run, "complete": True}
+    if (output.exists() or output.is_symlink()) and not overwrite:
+        raise InputError(f"output appeared while predicting: {output} (pass --overwrite to replace it)")
+    replace_path(partial, output)
+    ledger.remove()
+    skipped = sum(1 for e in done.values() if e["status"] == "skipped")
     dt = time.time() - t0
-    return PredictionResult(Path(output), roi, n_tiles, dt, roi.size / max(dt, 1e-9))
+    return PredictionResult(output, roi, len(plan), len(plan) - resumed, skipped, resumed, dt,
+                            roi.size / max(dt, 1e-9), levels, note=note)
 
 
-def model_factor(model_nm: Sequence[float], input_nm: Sequence[float]) -> tuple[int, int, int]:
-    """How many input voxels make one model voxel per axis (1 = same grid).
-
-    Raises ValueError when the model's voxel size is not an integer multiple (within 5 %)
-    of the input's: resample the input first (``organet convert --downsample``).
-    """
-    f = integer_factor(model_nm, input_nm)
-    if f is None:
-        raise ValueError(
-            f"the model was trained at {tuple(model_nm)} nm but the input has {tuple(input_nm)} nm voxels; "
-            "prediction resamples only by whole factors (model voxel = k x input voxel). Convert the input "
-            "to the model's voxel size first (organet convert --downsample, or your own resampling)"
-        )
-    return f
-
-
-def _predict_resampled(
-    run: Callable[[Any, Roi, Callable[[Sequence[int], np.ndarray], None]], int],
-    vol: Volume,
-    roi: Roi,
-    factor: tuple[int, int, int],
-    output: Path,
-    chunks: Sequence[int],
-    write: Callable[[Sequence[int], np.ndarray], None],
-    bar: Any,
-) -> int:
-    """Predict at the model's coarser grid (block means of the input), keep the coarse
-    probabilities in a temporary float32 zarr beside ``output``, then interpolate them
-    linearly onto the input grid chunk by chunk (memory bounded by a chunk)."""
-    import zarr
-
-    from organet.volumes.convert import iter_blocks
-
-    coarse_vol = DownsampledVolume(vol, factor)
-    lo, hi = coarse_cover(roi.offset, roi.end, factor, coarse_vol.shape)
-    croi = Roi(lo, tuple(b - a for a, b in zip(lo, hi)))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.coarse-", dir=output.parent))
+def _levels(output: Path) -> int:
     try:
-        store = zarr.open_array(str(tmp / "p.zarr"), mode="w", shape=croi.shape, dtype=np.float32,
-                                chunks=tuple(min(64, n) for n in croi.shape))
+        g = zarr.open_group(str(output / "probability"), mode="r")
+        return sum(1 for k in g.array_keys() if k.startswith("s"))
+    except Exception:  # noqa: BLE001
+        return 0
 
-        def keep(out_start: Sequence[int], p: np.ndarray) -> None:
-            store[tuple(slice(a - o, a - o + s) for a, o, s in zip(out_start, croi.offset, p.shape))] = p
 
-        n_tiles = run(coarse_vol, croi, keep)
-        blocks = list(iter_blocks(roi.shape, chunks, 4, 64 * 2**20))
-        task = bar.add_task(f"upsample x{'x'.join(map(str, factor))}", total=len(blocks))
-        for block in blocks:
-            f_lo = tuple(a + b for a, b in zip(roi.offset, block.offset))
-            f_hi = tuple(a + b for a, b in zip(f_lo, block.shape))
-            c_lo, c_hi = coarse_cover(f_lo, f_hi, factor, coarse_vol.shape)
-            c = store[tuple(slice(a - o, b - o) for a, b, o in zip(c_lo, c_hi, croi.offset))]
-            write(f_lo, upsample_linear(c, c_lo, coarse_vol.shape, factor, f_lo, f_hi))
-            bar.advance(task)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return n_tiles
+def _create_partial(partial: Path, run: dict[str, Any], shape: Shape3, chunks: Shape3, voxel_size: Sequence[float],
+                    offset_nm: Sequence[float], meta: dict[str, Any], threshold: float) -> None:
+    tmp = temp_sibling(partial)
+    root = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
+    root.attrs[RUN_KEY] = run
+    for name in IMAGES:
+        extra = {"kind": "probability", "scale": 255} if name == "probability" else {"kind": "mask",
+                                                                                       "threshold": threshold}
+        create_ome_image(root.require_group(name), shape, np.uint8, voxel_size, offset_nm, chunks,
+                         {**extra, **meta}, name=name)
+    replace_path(tmp, partial)
+
+
+__all__ = ["PredictionResult", "default_chunks", "predict_volume"]

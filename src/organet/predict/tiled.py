@@ -1,11 +1,12 @@
-"""Tiled prediction that equals one untiled forward pass.
+"""Tiles of the U-Net over a volume: the low-level arithmetic under :class:`~organet.predict.Predictor`.
 
-The ROI to predict is covered by output tiles placed on a grid whose step is a
-multiple of the network's total downsampling factor (8 for the ASEM net), so
-every tile sees the max-pooling grid aligned exactly as a single forward pass
-over the whole ROI would. Each tile's input is read with its context from the
-real neighbourhood of the volume; only beyond the volume border is the raw data
-mirrored. Memory is bounded by ``batch_size`` tiles.
+Output tiles lie on one global grid anchored at voxel (0, 0, 0) of the volume the
+network sees, with a step that is a multiple of the network's total downsampling
+factor (8 for the ASEM net). So every output voxel is always computed by the same
+tile from the same input, whichever block or process asks for it, and the result
+equals one untiled forward pass over the volume (valid convolutions). Each tile's
+input is read with its context from the real neighbourhood; only beyond the volume
+border is the raw data mirrored.
 
 Shapes and offsets are in voxels, axis order (z, y, x).
 """
@@ -15,15 +16,15 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 
-from organet.model.unet import UNet, UNetConfig, output_shape
+from organet.errors import InputError
+from organet.model.unet import UNet, UNetConfig, output_shape, valid_sizes
 from organet.preprocess.normalize import Normalization
-
-Shape3 = tuple[int, int, int]
+from organet.volumes.geometry import Shape3
 
 
 class ArrayLike3D(Protocol):
@@ -58,68 +59,60 @@ def read_with_context(volume: ArrayLike3D, start: Sequence[int], stop: Sequence[
 
 
 @dataclass(frozen=True)
-class TilePlan:
-    """Output tiles covering ``roi_offset + [0, roi_shape)``.
+class TileGrid:
+    """The global tile grid of a network input shape: tile ``k`` writes the output voxels
+    ``[k * step, (k + 1) * step)`` and reads ``[k * step - context, k * step - context + tile_in)``."""
 
-    ``tile_in``/``tile_out`` are the network's input/output shapes; ``step`` is
-    the output written per tile (tile_out rounded down to the downsampling
-    factor). Tile ``k`` covers output voxels ``roi_offset + k*step`` onward.
-    """
-
-    roi_offset: Shape3
-    roi_shape: Shape3
     tile_in: Shape3
     tile_out: Shape3
     step: Shape3
 
     @property
     def context(self) -> Shape3:
-        return tuple((i - o) // 2 for i, o in zip(self.tile_in, self.tile_out))  # type: ignore[return-value]
+        c = [(i - o) // 2 for i, o in zip(self.tile_in, self.tile_out)]
+        return (c[0], c[1], c[2])
 
-    @property
-    def grid(self) -> Shape3:
-        return tuple(math.ceil(r / s) for r, s in zip(self.roi_shape, self.step))  # type: ignore[return-value]
+    def covering(self, lo: Sequence[int], hi: Sequence[int]) -> tuple[Shape3, Shape3, list[Shape3]]:
+        """Tiles whose outputs cover ``[lo, hi)``: (buffer origin, buffer shape, tile output starts)."""
+        k0 = [math.floor(a / s) for a, s in zip(lo, self.step)]
+        k1 = [math.ceil(b / s) for b, s in zip(hi, self.step)]
+        origin = (k0[0] * self.step[0], k0[1] * self.step[1], k0[2] * self.step[2])
+        shape = [(b - a) * s for a, b, s in zip(k0, k1, self.step)]
+        starts = [(k[0] * self.step[0], k[1] * self.step[1], k[2] * self.step[2])
+                  for k in itertools.product(*(range(a, b) for a, b in zip(k0, k1)))]
+        return origin, (shape[0], shape[1], shape[2]), starts
 
-    def __len__(self) -> int:
-        return math.prod(self.grid)
-
-    def tiles(self) -> Iterator[tuple[Shape3, Shape3, Shape3]]:
-        """Yields (input_start, output_start, write_shape) in volume voxels."""
-        ctx = self.context
-        for k in itertools.product(*(range(g) for g in self.grid)):
-            out_start = tuple(o + i * s for o, i, s in zip(self.roi_offset, k, self.step))
-            write = tuple(
-                min(s, o + r - a) for s, o, r, a in zip(self.step, self.roi_offset, self.roi_shape, out_start)
-            )
-            in_start = tuple(a - c for a, c in zip(out_start, ctx))
-            yield in_start, out_start, write  # type: ignore[misc]
+    def count(self, lo: Sequence[int], hi: Sequence[int]) -> int:
+        """Number of tiles that cover ``[lo, hi)``."""
+        return math.prod(math.ceil(b / s) - math.floor(a / s) for a, b, s in zip(lo, hi, self.step))
 
 
-def plan_tiles(cfg: UNetConfig, tile_in: Sequence[int], roi_offset: Sequence[int], roi_shape: Sequence[int]) -> TilePlan:
-    """Tile plan for a network input shape; raises ValueError if the shape is invalid."""
-    tile_out = output_shape(cfg, tile_in)
+def tile_grid(cfg: UNetConfig, tile_in: Sequence[int]) -> TileGrid:
+    """The grid of a network input shape; :class:`InputError` if the shape is not valid."""
+    t = (int(tile_in[0]), int(tile_in[1]), int(tile_in[2]))
+    tile_out = output_shape(cfg, t)
     if tile_out is None:
-        raise ValueError(f"tile input shape {tuple(tile_in)} is not a valid input for this network")
-    step = tuple((o // f) * f for o, f in zip(tile_out, cfg.total_factor))
+        near = sorted((i for i, _ in valid_sizes(cfg, max_size=max(t) + 64)), key=lambda s: abs(s - t[0]))[:4]
+        raise InputError(f"tile {t} is not a valid network input; valid sizes per axis near it: {sorted(near)}")
+    f = cfg.total_factor
+    step = ((tile_out[0] // f[0]) * f[0], (tile_out[1] // f[1]) * f[1], (tile_out[2] // f[2]) * f[2])
     if any(s == 0 for s in step):
-        raise ValueError(
-            f"tile output {tile_out} is smaller than the downsampling factor {cfg.total_factor}; use a larger tile"
-        )
-    return TilePlan(tuple(roi_offset), tuple(roi_shape), tuple(tile_in), tile_out, step)  # type: ignore[arg-type]
+        raise InputError(f"tile {t} gives {tile_out} output voxels, fewer than the downsampling factor {f}; "
+                         "use a larger tile")
+    return TileGrid(t, tile_out, step)
 
 
 def default_tile_shape(cfg: UNetConfig, roi_shape: Sequence[int], target: int = 96) -> Shape3:
     """A valid tile input shape whose output is about ``target`` voxels per axis
     (smaller along axes where the ROI is small), for reasonable memory use."""
-    from organet.model.unet import valid_sizes
-
     sizes = valid_sizes(cfg, max_size=4 * target + 400)
     shape = []
-    for r in roi_shape:
-        want = min(target, r)
-        cand = [i for i, o in sizes if o >= want and (o // cfg.total_factor[0]) * cfg.total_factor[0] > 0]
+    for axis, r in enumerate(roi_shape):
+        f = cfg.total_factor[axis]
+        want = min(target, int(r))
+        cand = [i for i, o in sizes if o >= want and (o // f) * f > 0]
         shape.append(cand[0] if cand else sizes[-1][0])
-    return tuple(shape)  # type: ignore[return-value]
+    return (shape[0], shape[1], shape[2])
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -128,42 +121,60 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+TTA_MODES = ("mirror", "mirror+transpose")
+
+
+def tta_variants(tta: str | None, tile_in: Sequence[int]) -> list[tuple[list[int], bool]]:
+    """Test-time augmentations as (flipped tensor dims of (N, C, z, y, x), transpose y-x).
+
+    The identity comes first; raises InputError for an unknown mode or a transpose of
+    a tile that is not square in (y, x).
+    """
+    if tta is None or tta in ("", "none", "off"):
+        return [([], False)]
+    if tta not in TTA_MODES:
+        raise InputError(f"unknown test-time augmentation {tta!r}; expected one of {TTA_MODES}")
+    flips = [[2 + a for a, f in enumerate(c) if f] for c in itertools.product((False, True), repeat=3)]
+    out = [(f, False) for f in flips]
+    if tta == "mirror+transpose":
+        if tile_in[1] != tile_in[2]:
+            raise InputError(f"--tta mirror+transpose needs a tile with equal y and x sizes, got {tuple(tile_in)}")
+        out += [(f, True) for f in flips]
+    return out
+
+
 @torch.no_grad()
-def predict_tiles(
+def run_tiles(
     model: UNet,
     raw: ArrayLike3D,
     normalization: Normalization,
-    plan: TilePlan,
+    grid: TileGrid,
+    starts: Sequence[Shape3],
     write: Callable[[Shape3, np.ndarray], None],
     batch_size: int = 1,
     device: torch.device | str = "cpu",
-    tiles: Sequence[tuple[Shape3, Shape3, Shape3]] | None = None,
-    progress: Callable[[int], None] | None = None,
     tta: str | None = None,
 ) -> None:
-    """Run ``model`` over the tiles of ``plan`` and hand each tile's foreground
-    probability (float32, shape ``write_shape``) to ``write(out_start, prob)``.
+    """Run ``model`` on the tiles with output starts ``starts`` and hand each tile's
+    foreground probability (float32, shape ``grid.step``) to ``write(out_start, prob)``.
 
-    ``tiles`` restricts the run to a subset of ``plan.tiles()`` (for blockwise
-    and resumable drivers). bf16 autocast is used on CUDA, fp32 elsewhere.
-    ``tta``: None (off), ``"mirror"`` (mean over the 8 mirror combinations) or
-    ``"mirror+transpose"`` (also the y-x transpose: 16; needs a tile square in y, x).
+    bf16 autocast is used on CUDA, fp32 elsewhere. ``tta``: None (off), ``"mirror"``
+    (mean over the 8 mirror combinations) or ``"mirror+transpose"`` (16; needs a tile
+    square in y, x).
     """
     device = torch.device(device)
     model = model.to(device).eval()
-    todo = list(plan.tiles()) if tiles is None else list(tiles)
     autocast = device.type == "cuda"
-    variants = tta_variants(tta, plan.tile_in)
-    for b in range(0, len(todo), batch_size):
-        batch = todo[b : b + batch_size]
-        x = np.stack(
-            [
-                normalization.apply(
-                    read_with_context(raw, s, [a + t for a, t in zip(s, plan.tile_in)]), raw.dtype
-                )
-                for s, _, _ in batch
-            ]
-        )[:, None]
+    variants = tta_variants(tta, grid.tile_in)
+    ctx, step = grid.context, grid.step
+    for b in range(0, len(starts), batch_size):
+        batch = starts[b : b + batch_size]
+        x = np.stack([
+            normalization.apply(
+                read_with_context(raw, [a - c for a, c in zip(s, ctx)],
+                                  [a - c + t for a, c, t in zip(s, ctx, grid.tile_in)]), raw.dtype)
+            for s in batch
+        ])[:, None]
         xt = torch.from_numpy(x).to(device)
         acc = None
         for flips, transpose in variants:
@@ -177,62 +188,5 @@ def predict_tiles(
             acc = pv if acc is None else acc + pv
         assert acc is not None
         prob = (acc / len(variants) if len(variants) > 1 else acc).cpu().numpy()
-        for (_, out_start, wshape), p in zip(batch, prob):
-            write(out_start, np.ascontiguousarray(p[: wshape[0], : wshape[1], : wshape[2]]))
-        if progress is not None:
-            progress(len(batch))
-
-
-TTA_MODES = ("mirror", "mirror+transpose")
-
-
-def tta_variants(tta: str | None, tile_in: Sequence[int]) -> list[tuple[list[int], bool]]:
-    """Test-time augmentations as (flipped tensor dims of (N, C, z, y, x), transpose y-x).
-
-    The identity comes first; raises ValueError for an unknown mode or a transpose of
-    a tile that is not square in (y, x).
-    """
-    if tta is None or tta in ("", "none", "off"):
-        return [([], False)]
-    if tta not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {tta!r}; expected one of {TTA_MODES}")
-    flips = [[2 + a for a, f in enumerate(c) if f] for c in itertools.product((False, True), repeat=3)]
-    out = [(f, False) for f in flips]
-    if tta == "mirror+transpose":
-        if tile_in[1] != tile_in[2]:
-            raise ValueError(f"--tta mirror+transpose needs a tile with equal y and x sizes, got {tuple(tile_in)}")
-        out += [(f, True) for f in flips]
-    return out
-
-
-def predict_array(
-    model: UNet,
-    raw: ArrayLike3D,
-    normalization: Normalization,
-    roi_offset: Sequence[int],
-    roi_shape: Sequence[int],
-    tile_in: Sequence[int] | None = None,
-    batch_size: int = 1,
-    device: torch.device | str = "cpu",
-    progress: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """Foreground probability (float32) over an ROI, in memory. For ROIs that fit."""
-    cfg = model.cfg
-    tile_in = tuple(tile_in) if tile_in is not None else default_tile_shape(cfg, roi_shape)
-    plan = plan_tiles(cfg, tile_in, roi_offset, roi_shape)
-    out = np.zeros(tuple(roi_shape), np.float32)
-
-    def write(out_start: Shape3, p: np.ndarray) -> None:
-        sl = tuple(slice(a - o, a - o + s) for a, o, s in zip(out_start, roi_offset, p.shape))
-        out[sl] = p
-
-    predict_tiles(model, raw, normalization, plan, write, batch_size, device, progress=progress)
-    return out
-
-
-def probability_to_uint8(p: np.ndarray) -> np.ndarray:
-    """Foreground probability in [0, 1] -> uint8 0..255 (rounded).
-
-    ``u >= 128`` exactly when ``p >= 0.5``, so thresholding either gives the same mask.
-    """
-    return np.round(np.clip(p, 0.0, 1.0) * 255.0).astype(np.uint8)
+        for s, p in zip(batch, prob):
+            write(s, np.ascontiguousarray(p[: step[0], : step[1], : step[2]]))

@@ -6,6 +6,8 @@ prediction applies the same one, so train and predict cannot disagree.
 
 from __future__ import annotations
 
+from organet.errors import IncompatibleError, InputError
+
 from typing import Any, Literal
 
 import numpy as np
@@ -103,7 +105,7 @@ def describe_preprocess(rec: dict[str, Any] | None) -> str:
 
 
 def check_preprocess(expected: dict[str, Any] | None, attrs: dict[str, Any], where: str, what: str) -> None:
-    """Raise ValueError if volume ``attrs`` record another preprocessing than ``expected``.
+    """Raise IncompatibleError if volume ``attrs`` record another preprocessing than ``expected``.
 
     ``attrs`` is ``Volume.attrs`` (``organet preprocess`` writes ``attrs["preprocess"]``);
     ``what`` names who expects it (``"the model"``, ``"the config"``).
@@ -111,9 +113,9 @@ def check_preprocess(expected: dict[str, Any] | None, attrs: dict[str, Any], whe
     try:
         actual = canonical_preprocess(attrs.get("preprocess"))
     except ValueError as e:
-        raise ValueError(f"{where}: unreadable preprocessing metadata: {e}") from None
+        raise InputError(f"{where}: unreadable preprocessing metadata: {e}") from None
     if actual != canonical_preprocess(expected):
-        raise ValueError(
+        raise IncompatibleError(
             f"{where} has {describe_preprocess(actual)} but {what} expects {describe_preprocess(expected)}; "
             "use an input normalized the same way (organet preprocess), or set normalization.preprocess to match"
         )

@@ -17,6 +17,7 @@ from zarr.codecs import BloscCodec
 
 from organet.errors import VolumeError
 
+from .atomic import remove_path, replace_path
 from .geometry import Vec3, as_int3, as_vec3, unit_to_nm
 from .volume import Unavailable, Volume
 
@@ -94,28 +95,76 @@ def ome_geometry(multiscale: dict[str, Any], dataset: dict[str, Any], shape: Seq
     return n_lead, as_vec3(vs, f"{where}: OME scale", positive=True), as_vec3(off, f"{where}: OME translation")
 
 
-def ome_image_attrs(name: str, voxel_size: Vec3, offset: Vec3, dataset_path: str = "s0") -> dict[str, Any]:
-    """Group attributes of a single-scale OME-Zarr 0.5 image, (z, y, x) in nanometres."""
-    return {
-        "ome": {
-            "version": OME_VERSION,
-            "multiscales": [
-                {
-                    "name": name,
-                    "axes": [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"],
-                    "datasets": [
-                        {
-                            "path": dataset_path,
-                            "coordinateTransformations": [
-                                {"type": "scale", "scale": list(voxel_size)},
-                                {"type": "translation", "translation": list(offset)},
-                            ],
-                        }
-                    ],
-                }
+def ome_multiscale_attrs(name: str, voxel_size: Sequence[float], offset: Sequence[float], levels: int = 1) -> dict[str, Any]:
+    """Group attributes of an OME-Zarr 0.5 image with ``levels`` scales ``s0, s1, ...``.
+
+    Level ``k`` has voxels ``2**k`` times ``voxel_size`` (nm, z, y, x); its translation
+    is the centre of its first voxel, ``offset + (2**k - 1) / 2 * voxel_size``
+    (:func:`organet.volumes.resample.downsampled_geometry`).
+    """
+    from .resample import downsampled_geometry
+
+    datasets = []
+    for lvl in range(levels):
+        vs, off = downsampled_geometry(voxel_size, offset, (2**lvl,) * 3)
+        datasets.append({
+            "path": f"s{lvl}",
+            "coordinateTransformations": [
+                {"type": "scale", "scale": list(vs)},
+                {"type": "translation", "translation": list(off)},
             ],
-        }
-    }
+        })
+    axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
+    return {"ome": {"version": OME_VERSION, "multiscales": [{"name": name, "axes": axes, "datasets": datasets}]}}
+
+
+def create_ome_image(
+    group: zarr.Group,
+    shape: Sequence[int],
+    dtype: Any,
+    voxel_size: Sequence[float],
+    offset: Sequence[float] = (0.0, 0.0, 0.0),
+    chunks: Sequence[int] = (64, 64, 64),
+    attrs: dict[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    fill_value: Any = 0,
+    level: int = 0,
+    overwrite: bool = False,
+) -> zarr.Array:
+    """The one way organet creates an OME-Zarr 0.5 array: ``s{level}`` in ``group``.
+
+    ``shape``/``chunks`` in voxels (chunks clipped to the shape), ``voxel_size``/``offset``
+    of level 0 in nm, all (z, y, x); blosc-zstd compressed. Level 0 also writes the
+    group's multiscale metadata (one level; :func:`set_levels` adds the others) and
+    ``attrs`` under the ``"organet"`` key.
+    """
+    shape = as_int3(shape, "image shape", minimum=1)
+    ch = as_int3(chunks, "chunks", minimum=1)
+    ch = (min(ch[0], shape[0]), min(ch[1], shape[1]), min(ch[2], shape[2]))
+    dtype = np.dtype(dtype)
+    if level == 0:
+        group.attrs.update({**ome_multiscale_attrs(name or group.basename or "image", voxel_size, offset),
+                            ORGANET_KEY: dict(attrs or {})})
+    shuffle = "noshuffle" if dtype.itemsize == 1 else "shuffle"  # byte shuffle only helps multi-byte types
+    return group.create_array(
+        f"s{level}", shape=shape, dtype=dtype, chunks=ch, fill_value=fill_value,
+        compressors=[BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)], dimension_names=["z", "y", "x"],
+        overwrite=overwrite,
+    )
+
+
+def set_levels(group: zarr.Group, levels: int, extra: dict[str, Any] | None = None) -> None:
+    """Rewrite ``group``'s multiscale metadata for ``levels`` scales (keeping its name, voxel
+    size and offset) and merge ``extra`` into its organet attributes."""
+    ms = find_multiscales(dict(group.attrs))
+    if not ms:
+        raise ValueError(f"{group.store_path} has no OME multiscale metadata")  # a defect: we created it
+    ds0 = ms[0]["datasets"][0]["coordinateTransformations"]
+    vs = next(t["scale"] for t in ds0 if t["type"] == "scale")
+    off = next(t["translation"] for t in ds0 if t["type"] == "translation")
+    meta = {**dict(group.attrs.get(ORGANET_KEY) or {}), **(extra or {})}
+    group.attrs.update({**ome_multiscale_attrs(ms[0].get("name", "image"), vs, off, levels), ORGANET_KEY: meta})
 
 
 class OmeZarrWriter:
@@ -161,19 +210,9 @@ class OmeZarrWriter:
             meta = json.loads(json.dumps(attrs or {}))
         except (TypeError, ValueError) as e:
             raise VolumeError(f"image attrs must be JSON-serialisable: {e}") from None
-        dtype = np.dtype(dtype)
         group = self.root if name is None else self.root.require_group(name)
-        group.attrs.update({**ome_image_attrs(name or self.path.stem, vs, off), ORGANET_KEY: meta})
-        shuffle = "noshuffle" if dtype.itemsize == 1 else "shuffle"  # byte shuffle only helps multi-byte types
-        arr = group.create_array(
-            "s0",
-            shape=shape,
-            dtype=dtype,
-            chunks=chunks,
-            fill_value=fill_value,
-            compressors=[BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)],
-            dimension_names=["z", "y", "x"],
-        )
+        arr = create_ome_image(group, shape, dtype, vs, off, chunks, meta, name=name or self.path.stem,
+                               fill_value=fill_value)
         final = str(self.path) if name is None else f"{self.path}/{name}"
         vol = Volume(arr, vs, off, path=final, attrs=meta, chunks=chunks, writable=True)
         vol._spec, vol._mode = (str(self.tmp_path) if name is None else f"{self.tmp_path}/{name}"), "r+"
@@ -194,13 +233,6 @@ class OmeZarrWriter:
             vol.writable, vol._spec = False, None
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 @contextmanager
 def write_ome_zarr(dst: str | os.PathLike[str], overwrite: bool = False) -> Iterator[OmeZarrWriter]:
     """Write a zarr v3 OME-Zarr container atomically.
@@ -218,32 +250,19 @@ def write_ome_zarr(dst: str | os.PathLike[str], overwrite: bool = False) -> Iter
     try:
         root = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
     except Exception as e:
-        _remove(tmp)
+        remove_path(tmp)
         raise VolumeError(f"cannot create zarr container {tmp}: {e}") from e
     writer = OmeZarrWriter(root, tmp, dst)
     try:
         yield writer
     except BaseException:
         writer._abort()
-        _remove(tmp)
+        remove_path(tmp)
         raise
     if dst.exists() or dst.is_symlink():
         if not overwrite:
             writer._abort()
-            _remove(tmp)
+            remove_path(tmp)
             raise VolumeError(f"output appeared while writing: {dst} (pass overwrite=True to replace it)")
     replace_path(tmp, dst)
     writer._commit()
-
-
-def replace_path(src: Path, dst: Path) -> None:
-    """Move the finished ``src`` to ``dst``, replacing whatever is there with
-    renames only, so ``dst`` is at no moment half-written."""
-    src, dst = Path(src), Path(dst)
-    if dst.exists() or dst.is_symlink():
-        old = dst.with_name(f"{dst.name}.old-{secrets.token_hex(4)}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        _remove(old)
-    else:
-        os.replace(src, dst)

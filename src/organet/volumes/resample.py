@@ -20,19 +20,18 @@ import numpy as np
 
 from organet.errors import VolumeError
 
-from .geometry import as_int3
+from .geometry import Shape3, as_int3
 from .roi import Roi
 
 Mode = Literal["mean", "majority", "max"]
-Factor3 = tuple[int, int, int]
 
 
-def as_factor(factor: int | Sequence[int]) -> Factor3:
+def as_factor(factor: int | Sequence[int]) -> Shape3:
     """A downsampling factor as (z, y, x) integers >= 1; one int applies to all axes."""
     return as_int3((factor,) * 3 if isinstance(factor, (int, np.integer)) else factor, "downsampling factor", minimum=1)
 
 
-def integer_factor(coarse_nm: Sequence[float], fine_nm: Sequence[float], rtol: float = 0.05) -> Factor3 | None:
+def integer_factor(coarse_nm: Sequence[float], fine_nm: Sequence[float], rtol: float = 0.05) -> Shape3 | None:
     """``coarse / fine`` per axis when it is an integer within ``rtol``, else None."""
     out = []
     for c, f in zip(coarse_nm, fine_nm):
@@ -72,9 +71,9 @@ def downsample_block(a: np.ndarray, factor: Sequence[int], mode: Mode = "mean") 
             r = r >= 0.5
     if mode == "majority":
         return r.astype(a.dtype)
-    if np.issubdtype(a.dtype, np.integer):
+    if np.issubdtype(a.dtype, np.integer):  # round half up (every integer mean in organet rounds this way)
         info = np.iinfo(a.dtype)
-        r = np.clip(np.rint(r), info.min, info.max)
+        r = np.clip(np.floor(r + 0.5), info.min, info.max)
     return r.astype(a.dtype)
 
 

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from organet.errors import ConfigError
+
 CLUSTER_KINDS = ("local", "slurm", "lsf", "pbs")
 _GPU_DIRECTIVE = {"slurm": "--gres=gpu:{n}", "lsf": '-gpu "num={n}"', "pbs": "-l ngpus={n}"}
 
@@ -33,7 +35,7 @@ def _jobqueue_class(kind: str) -> type:
     try:
         import dask_jobqueue
     except ImportError:  # pragma: no cover - a declared dependency
-        raise ValueError("--cluster slurm/lsf/pbs needs dask-jobqueue: pip install dask-jobqueue") from None
+        raise ConfigError("--cluster slurm/lsf/pbs needs dask-jobqueue: pip install dask-jobqueue") from None
     return {"slurm": dask_jobqueue.SLURMCluster, "lsf": dask_jobqueue.LSFCluster, "pbs": dask_jobqueue.PBSCluster}[kind]
 
 
@@ -53,19 +55,19 @@ def load_cluster_config(path: str | Path, kind: str) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"cluster config not found: {path}")
+        raise ConfigError(f"cluster config not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"cluster config {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"cluster config {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"cluster config {path} must be a mapping of settings")
+        raise ConfigError(f"cluster config {path} must be a mapping of settings")
     if isinstance(data.get("jobqueue"), dict):
         data = data["jobqueue"]
     if any(k in data for k in CLUSTER_KINDS):
         section = data.get(kind)
         if not isinstance(section, dict):
-            raise ValueError(f"cluster config {path} has no '{kind}:' section (found {sorted(data)})")
+            raise ConfigError(f"cluster config {path} has no '{kind}:' section (found {sorted(data)})")
         data = section
     return dict(data)
 
@@ -79,17 +81,17 @@ def jobqueue_kwargs(kind: str, config: str | Path | None = None, **options: Any)
     missing ``cores``/``memory``.
     """
     if kind not in ("slurm", "lsf", "pbs"):
-        raise ValueError(f"unknown batch cluster {kind!r}; expected slurm, lsf or pbs")
+        raise ConfigError(f"unknown batch cluster {kind!r}; expected slurm, lsf or pbs")
     kw = load_cluster_config(config, kind) if config is not None else {}
     kw.update({k: v for k, v in options.items() if v is not None})
     cls = _jobqueue_class(kind)
     gpus = kw.pop("gpus", None)
     unknown = sorted(set(kw) - _allowed_keys(cls))
     if unknown:
-        raise ValueError(f"unknown {kind} cluster setting(s) {unknown}; see dask-jobqueue's {cls.__name__} options")
+        raise ConfigError(f"unknown {kind} cluster setting(s) {unknown}; see dask-jobqueue's {cls.__name__} options")
     for need in ("cores", "memory"):
         if kw.get(need) is None:
-            raise ValueError(f"the {kind} cluster needs '{need}' (per job) in the cluster config or as an option")
+            raise ConfigError(f"the {kind} cluster needs '{need}' (per job) in the cluster config or as an option")
     kw.setdefault("processes", 1)
     if gpus:
         directives = list(kw.get("job_extra_directives") or [])
@@ -120,19 +122,19 @@ def dask_client(
 
     if scheduler is not None:
         if cluster is not None and cluster != "local" or cluster_config is not None:
-            raise ValueError("give either --scheduler or --cluster/--cluster-config, not both")
+            raise ConfigError("give either --scheduler or --cluster/--cluster-config, not both")
         with Client(scheduler, timeout="30s") as client:
             yield client
         return
     kind = cluster or "local"
     if kind not in CLUSTER_KINDS:
-        raise ValueError(f"unknown cluster {kind!r}; expected one of {CLUSTER_KINDS}")
+        raise ConfigError(f"unknown cluster {kind!r}; expected one of {CLUSTER_KINDS}")
     n = workers or 1
     if n < 1:
-        raise ValueError(f"workers must be >= 1, got {n}")
+        raise ConfigError(f"workers must be >= 1, got {n}")
     if kind == "local":
         if cluster_config is not None:
-            raise ValueError("--cluster-config applies to slurm, lsf and pbs clusters")
+            raise ConfigError("--cluster-config applies to slurm, lsf and pbs clusters")
         c = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True, dashboard_address=None)
     else:
         c = make_jobqueue_cluster(kind, cluster_config, **options)

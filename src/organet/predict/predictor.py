@@ -1,0 +1,225 @@
+"""The one Predictor: the only code that turns raw voxels into foreground probabilities.
+
+A :class:`Predictor` bundles a model (a checkpoint path, or a live network during
+training), its contrast normalization, the factor between its voxel size and the
+input's (the input is seen through block means, the probabilities come back by linear
+interpolation), the tile shape, test-time augmentation, device and precision.
+``organet predict`` (in-process and on Dask), training validation, the napari widget
+and the demo all call :meth:`Predictor.predict`.
+
+The result for a voxel does not depend on which region was asked for: tiles lie on a
+global grid of the model-resolution volume (:mod:`organet.predict.tiled`), so blocks
+predicted separately, in any process, give the same bytes as one region.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from organet.errors import IncompatibleError, InputError
+from organet.model.unet import UNetConfig
+from organet.preprocess.normalize import Normalization
+from organet.volumes.geometry import Shape3, Vec3, fmt_vec
+from organet.volumes.resample import DownsampledVolume, coarse_cover, integer_factor, upsample_linear
+from organet.volumes.roi import Roi
+
+from .tiled import TileGrid, default_tile_shape, run_tiles, tile_grid, tta_variants
+
+_MODELS: dict[tuple[str, int, int, str], Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _cached_model(checkpoint: str, device: str) -> Any:
+    """The network of ``checkpoint`` on ``device``, loaded once per process
+    (keyed by path, size, mtime and device)."""
+    from organet.model.checkpoint import load_checkpoint
+
+    st = os.stat(checkpoint)
+    key = (os.path.abspath(checkpoint), st.st_size, st.st_mtime_ns, device)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load_checkpoint(checkpoint).build_model().to(device).eval()
+        return _MODELS[key]
+
+
+def _worker_device(device: str) -> str:
+    """``auto``: CUDA if present (one GPU per Dask worker, by worker name), else CPU."""
+    import torch
+
+    if device != "auto":
+        return device
+    if not torch.cuda.is_available():
+        return "cpu"
+    n = torch.cuda.device_count()
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+        idx = int(name) if str(name).lstrip("-").isdigit() else int(hashlib.md5(str(name).encode()).hexdigest(), 16)
+    except (ImportError, ValueError):
+        idx = 0
+    return f"cuda:{idx % n}"
+
+
+def model_factor(model_nm: Sequence[float], input_nm: Sequence[float]) -> Shape3:
+    """How many input voxels make one model voxel per axis ((1, 1, 1) = same grid).
+
+    Raises :class:`IncompatibleError` when the model's voxel size is not a whole
+    multiple (within 5 %) of the input's.
+    """
+    f = integer_factor(model_nm, input_nm)
+    if f is None:
+        raise IncompatibleError(
+            f"the model was trained at {fmt_vec(model_nm)} nm but the input has {fmt_vec(input_nm)} nm voxels; "
+            "prediction resamples only by whole factors (model voxel = k x input voxel). Convert the input "
+            "to the model's voxel size first (organet convert --downsample, or your own resampling)"
+        )
+    return f
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """Model + normalization + resampling + tiles + TTA + device: raw voxels in, probabilities out.
+
+    Build one with :meth:`from_checkpoint` (picklable: workers load the checkpoint once
+    per process) or :meth:`from_model` (a live network, in this process only).
+    ``tile`` is the network input shape (voxels at the model's voxel size; None: chosen
+    by :meth:`for_region`). ``threads``: torch CPU threads per process (None: torch's default).
+    """
+
+    architecture: UNetConfig
+    voxel_size: Vec3
+    normalization: Normalization
+    checkpoint: str | None = None
+    tile: Shape3 | None = None
+    batch_size: int = 1
+    device: str = "auto"
+    tta: str | None = None
+    threads: int | None = None
+    organelle: str = ""
+    iteration: int = 0
+    _model: Any = field(default=None, repr=False, compare=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], **settings: Any) -> Predictor:
+        """A Predictor for the checkpoint at ``path`` (validated now; weights loaded on first use)."""
+        from organet.model.checkpoint import load_checkpoint
+
+        p = Path(path).expanduser().resolve()
+        ck = load_checkpoint(p)
+        return cls(ck.architecture, ck.voxel_size, ck.normalization, checkpoint=str(p), organelle=ck.organelle,
+                   iteration=ck.iteration, **settings)
+
+    @classmethod
+    def from_model(cls, model: Any, voxel_size: Sequence[float], normalization: Normalization,
+                   **settings: Any) -> Predictor:
+        """A Predictor for a live ``UNet`` (training validation); not sent to other processes."""
+        vs = (float(voxel_size[0]), float(voxel_size[1]), float(voxel_size[2]))
+        return cls(model.cfg, vs, normalization, _model=model, **settings)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.tile is not None:
+            tile_grid(self.architecture, self.tile)  # validate now
+            tta_variants(self.tta, self.tile)
+        else:
+            tta_variants(self.tta, (2, 2, 2))
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._model is not None and self.checkpoint is None:
+            raise TypeError("a Predictor of a live network cannot be sent to another process; use a checkpoint")
+        state = dict(self.__dict__)
+        state["_model"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    # ------------------------------------------------------------------ geometry
+    def factor(self, input_voxel_size: Sequence[float]) -> Shape3:
+        """Input voxels per model voxel for an input of ``input_voxel_size`` nm."""
+        return model_factor(self.voxel_size, input_voxel_size)
+
+    def grid(self) -> TileGrid:
+        if self.tile is None:
+            raise ValueError("Predictor.tile is not set; call for_region() first")  # a defect in the caller
+        return tile_grid(self.architecture, self.tile)
+
+    def for_region(self, volume: Any, roi: Roi) -> Predictor:
+        """This Predictor with its tile fixed for predicting ``roi`` of ``volume`` (kept if set).
+
+        Fix the tile once per run, before splitting the work: the bytes depend on it.
+        """
+        if self.tile is not None:
+            return self
+        f = self.factor(volume.voxel_size)
+        coarse = [max(1, -(-n // k)) for n, k in zip(roi.shape, f)]
+        return replace(self, tile=default_tile_shape(self.architecture, coarse))
+
+    def context_vox(self, input_voxel_size: Sequence[float]) -> Shape3:
+        """Upper bound of the input voxels read around a region on each side: the network's
+        context, the alignment to the tile grid and one model voxel for interpolation."""
+        f = self.factor(input_voxel_size)
+        c = self.grid().context
+        s = self.grid().step
+        out = [(ci + si + 1) * k for ci, si, k in zip(c, s, f)]
+        return (out[0], out[1], out[2])
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that determine the output (for run records and metadata)."""
+        return {"checkpoint": self.checkpoint, "voxel_size": list(self.voxel_size), "organelle": self.organelle,
+                "iteration": self.iteration, "tile": list(self.tile) if self.tile else None, "tta": self.tta,
+                "normalization": self.normalization.model_dump(), "batch_size": self.batch_size}
+
+    # ------------------------------------------------------------------ prediction
+    def _network(self, device: str) -> Any:
+        if self._model is not None:
+            return self._model.to(device).eval()
+        assert self.checkpoint is not None
+        return _cached_model(self.checkpoint, device)
+
+    def predict(self, volume: Any, roi: Roi) -> np.ndarray:
+        """Foreground probability (float32, ``roi.shape``) of ``roi`` (input voxels) of ``volume``.
+
+        ``volume`` is an :class:`~organet.volumes.Volume` (or anything with ``shape``,
+        ``dtype``, ``voxel_size``, ``offset`` and ``read``). With a model at ``k`` times the
+        input's voxel size, the model sees block means of the input and its output is
+        interpolated linearly back onto the input grid.
+        """
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        device = _worker_device(self.device)
+        f = self.factor(volume.voxel_size)
+        grid = self.for_region(volume, roi).grid()
+        net = self._network(device)
+        if f == (1, 1, 1):
+            source: Any = volume
+            lo, hi = roi.offset, roi.end
+        else:
+            source = DownsampledVolume(volume, f)
+            lo, hi = coarse_cover(roi.offset, roi.end, f, source.shape)
+        origin, shape, starts = grid.covering(lo, hi)
+        buf = np.zeros(shape, np.float32)
+
+        def write(start: Shape3, p: np.ndarray) -> None:
+            buf[tuple(slice(a - o, a - o + n) for a, o, n in zip(start, origin, p.shape))] = p
+
+        run_tiles(net, source, self.normalization, grid, starts, write, self.batch_size, device, self.tta)
+        coarse = buf[tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, origin))]
+        if f == (1, 1, 1):
+            return np.ascontiguousarray(coarse)
+        return upsample_linear(coarse, lo, source.shape, f, roi.offset, roi.end)
+
+
+__all__ = ["Predictor", "model_factor"]

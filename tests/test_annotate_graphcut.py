@@ -48,8 +48,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def data():
     raw, truth = phantom()
-    scrib = simulate_scribbles(truth, [6, 16, 26], strokes_per_object=2, background_strokes=12, length=41,
-                               margin=2, object_margin=0)
+    scrib = simulate_scribbles(
+        truth, [6, 16, 26], strokes_per_object=2, background_strokes=12, length=41, margin=2, object_margin=0
+    )
     return raw, truth, scrib
 
 
@@ -116,11 +117,42 @@ def test_cli_graphcut_with_tiff_scribbles_roi_and_label_import(tmp_path, data):
     raw, truth, scrib = data
     tifffile.imwrite(tmp_path / "raw.tif", raw)
     tifffile.imwrite(tmp_path / "scrib.tif", scrib)
-    common = ["--voxel-size", "5", "5", "5", "--smoothness", "3", "--contrast-sigma", "0.1", "--trees", "16",
-              "--autocontext", "0", "--scale", "1", "--scale", "2", "--scale", "4"]
-    r = runner.invoke(app, ["annotate", "graphcut", "--raw", str(tmp_path / "raw.tif"), "--scribbles",
-                            str(tmp_path / "scrib.tif"), "-o", str(tmp_path / "gt.zarr"), "--roi-vox", "4:28,:,:",
-                            *common])
+    common = [
+        "--voxel-size",
+        "5",
+        "5",
+        "5",
+        "--smoothness",
+        "3",
+        "--contrast-sigma",
+        "0.1",
+        "--trees",
+        "16",
+        "--autocontext",
+        "0",
+        "--scale",
+        "1",
+        "--scale",
+        "2",
+        "--scale",
+        "4",
+    ]
+    r = runner.invoke(
+        app,
+        [
+            "annotate",
+            "graphcut",
+            "--raw",
+            str(tmp_path / "raw.tif"),
+            "--scribbles",
+            str(tmp_path / "scrib.tif"),
+            "-o",
+            str(tmp_path / "gt.zarr"),
+            "--roi-vox",
+            "4:28,:,:",
+            *common,
+        ],
+    )
     assert r.exit_code == 0, r.output
     gt = open_volume(str(tmp_path / "gt.zarr/labels"))
     assert gt.shape == (24, 80, 80) and gt.offset == (20.0, 0.0, 0.0)
@@ -129,18 +161,59 @@ def test_cli_graphcut_with_tiff_scribbles_roi_and_label_import(tmp_path, data):
     # an ilastik/VAST-style export: object id 7, background ids 3 and 4
     exported = np.select([scrib == 1, scrib == 2], [7, 3], 0).astype(np.uint16)
     tifffile.imwrite(tmp_path / "vast.tif", exported)
-    r = runner.invoke(app, ["annotate", "graphcut", "--raw", str(tmp_path / "raw.tif"), "--scribbles",
-                            str(tmp_path / "vast.tif"), "-o", str(tmp_path / "gt2.zarr"), "--object-ids", "7",
-                            "--background-ids", "3", "--background-ids", "4", *common])
+    r = runner.invoke(
+        app,
+        [
+            "annotate",
+            "graphcut",
+            "--raw",
+            str(tmp_path / "raw.tif"),
+            "--scribbles",
+            str(tmp_path / "vast.tif"),
+            "-o",
+            str(tmp_path / "gt2.zarr"),
+            "--object-ids",
+            "7",
+            "--background-ids",
+            "3",
+            "--background-ids",
+            "4",
+            *common,
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert iou(open_volume(str(tmp_path / "gt2.zarr/labels")).read().astype(bool), truth) >= 0.9
     # errors: unknown values without an id mapping, mismatching shapes
-    r = runner.invoke(app, ["annotate", "graphcut", "--raw", str(tmp_path / "raw.tif"), "--scribbles",
-                            str(tmp_path / "vast.tif"), "-o", str(tmp_path / "gt3.zarr"), *common])
+    r = runner.invoke(
+        app,
+        [
+            "annotate",
+            "graphcut",
+            "--raw",
+            str(tmp_path / "raw.tif"),
+            "--scribbles",
+            str(tmp_path / "vast.tif"),
+            "-o",
+            str(tmp_path / "gt3.zarr"),
+            *common,
+        ],
+    )
     assert r.exit_code == 2 and "error:" in r.output and "values [3, 7]" in " ".join(r.output.split())
     tifffile.imwrite(tmp_path / "small.tif", scrib[:, :40])
-    r = runner.invoke(app, ["annotate", "graphcut", "--raw", str(tmp_path / "raw.tif"), "--scribbles",
-                            str(tmp_path / "small.tif"), "-o", str(tmp_path / "gt4.zarr"), *common])
+    r = runner.invoke(
+        app,
+        [
+            "annotate",
+            "graphcut",
+            "--raw",
+            str(tmp_path / "raw.tif"),
+            "--scribbles",
+            str(tmp_path / "small.tif"),
+            "-o",
+            str(tmp_path / "gt4.zarr"),
+            *common,
+        ],
+    )
     assert r.exit_code == 2 and "error:" in r.output and "shape" in r.output
     assert not (tmp_path / "gt3.zarr").exists() and not (tmp_path / "gt4.zarr").exists()
 
@@ -161,6 +234,9 @@ def test_simulated_corrections_mark_wrong_regions_with_the_true_label(data):
     merged = merge_scribbles(scrib, extra)
     assert np.array_equal(merged[extra > 0], extra[extra > 0])
     assert np.array_equal(merged[extra == 0], scrib[extra == 0])
+    # a float probability map is read like everywhere else (foreground = p >= 0.5), not as p > 0
+    prob = np.where(pred, 0.9, 0.2).astype(np.float32)
+    assert np.array_equal(simulate_corrections(prob, truth, [6, 16, 26], min_area=20, margin=1), extra)
 
 
 def test_clean_labels_fills_holes_and_drops_small_unscribbled_objects():
@@ -186,7 +262,8 @@ def test_graph_cut_with_supervoxels(data):
     assert sv.min() == 0 and sv.max() + 1 == (32 // 4) * (80 // 4) ** 2  # one region per grid seed
     # supervoxels average away the per-voxel noise but straddle this phantom's weak edges: the cut
     # (on voxels) has to do more of the work, hence the stronger smoothness
-    p = GraphCutParams(scales=(1.0, 2.0, 4.0), n_trees=32, smoothness=10.0, contrast_sigma=0.1, autocontext=1,
-                       supervoxels=3)
+    p = GraphCutParams(
+        scales=(1.0, 2.0, 4.0), n_trees=32, smoothness=10.0, contrast_sigma=0.1, autocontext=1, supervoxels=3
+    )
     res = segment_from_scribbles(raw, scrib, p)
     assert iou(res.labels.astype(bool), truth) >= 0.9

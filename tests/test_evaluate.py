@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from organet.errors import IncompatibleError, InputError
 from organet.evaluate import (
     EXCLUSION_ZONE_WIDTHS,
     Counts,
@@ -89,7 +89,7 @@ def test_counts_zero_over_zero() -> None:
     z = np.zeros((2, 3, 4))
     res = evaluate_arrays(z, z.astype(np.uint8), thresholds=(0.5,))
     assert res[0.5] == Counts(0, 0, 0, 24) and math.isnan(res[0.5].f1)
-    vres = evaluate_volumes(FakeVolume(z), FakeVolume(z.astype(np.uint8)), progress=False)
+    vres = evaluate_volumes(FakeVolume(z), FakeVolume(z.astype(np.uint8)))
     assert vres.best_threshold is None and vres.counts == Counts(0, 0, 0, 24)
     json.dumps(vres.to_dict(), allow_nan=False)
 
@@ -126,7 +126,7 @@ def test_exclusion_zone_cube_exact_voxels() -> None:
     expected_out = np.zeros_like(fg)
     for ax in range(3):
         for pos in (2, 6):
-            sl = [slice(3, 6)] * 3
+            sl: list[slice | int] = [slice(3, 6)] * 3
             sl[ax] = pos
             expected_out[tuple(sl)] = True
     assert np.array_equal(zone & ~fg, expected_out)
@@ -153,7 +153,7 @@ def test_exclusion_zone_no_boundary_and_zero_width() -> None:
 def test_exclusion_zone_matches_brute_force() -> None:
     rng = np.random.default_rng(0)
     truth = rng.random((6, 7, 8)) < 0.2
-    coords = np.stack(np.indices(truth.shape), -1).reshape(-1, 3).astype(float)
+    coords = np.stack(list(np.indices(truth.shape)), -1).reshape(-1, 3).astype(float)
     flat = truth.ravel()
     d = np.sqrt(((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1))
     d_to_bg = np.where(~flat[None, :], d, np.inf).min(1)
@@ -237,19 +237,19 @@ def test_uint8_probability_interpretation() -> None:
     assert prediction_kind(nested) == prediction_kind(flat) == "probability_uint8"
     assert prediction_kind(labels) == "binary"
     ts = (0.5, 128 / 255, 0.25, 200 / 255)
-    r_nested = evaluate_volumes(nested, FakeVolume(truth), thresholds=ts, progress=False)
-    r_flat = evaluate_volumes(flat, FakeVolume(truth), thresholds=ts, progress=False)
+    r_nested = evaluate_volumes(nested, FakeVolume(truth), thresholds=ts)
+    r_flat = evaluate_volumes(flat, FakeVolume(truth), thresholds=ts)
     # 127/255 < 0.5 <= 128/255: fg = {128, 255, 200}
     assert r_nested.per_threshold[0.5] == Counts(tp=2, fp=1, fn=1, tn=2)
     assert r_nested.per_threshold[128 / 255] == Counts(tp=2, fp=1, fn=1, tn=2)  # >=: 128 counts
     assert r_nested.per_threshold[200 / 255] == Counts(tp=1, fp=1, fn=2, tn=2)
     assert r_nested.per_threshold == r_flat.per_threshold
     # identical to float v / 255 through both code paths
-    as_float = evaluate_volumes(FakeVolume(v / 255.0), FakeVolume(truth), thresholds=ts, progress=False)
+    as_float = evaluate_volumes(FakeVolume(v / 255.0), FakeVolume(truth), thresholds=ts)
     assert as_float.per_threshold == r_nested.per_threshold
     assert evaluate_arrays(v, truth, thresholds=ts) == evaluate_arrays(v / 255.0, truth, thresholds=ts)
     # without the attribute: labels, foreground where > 0, thresholds irrelevant
-    r_lab = evaluate_volumes(labels, FakeVolume(truth), thresholds=ts, progress=False)
+    r_lab = evaluate_volumes(labels, FakeVolume(truth), thresholds=ts)
     assert r_lab.pred_kind == "binary" and r_lab.per_threshold == {} and r_lab.best_threshold is None
     assert r_lab.counts == Counts(tp=3, fp=2, fn=0, tn=1)
 
@@ -259,7 +259,7 @@ def test_binary_predictions_bool_and_labels() -> None:
     as_bool = FakeVolume(PROB_1D >= 0.5)
     as_labels = FakeVolume(np.where(PROB_1D >= 0.5, 7, 0).astype(np.uint32))
     for pred in (as_bool, as_labels):
-        r = evaluate_volumes(pred, FakeVolume(truth), exclusion=(1, 1), block_shape=(1, 1, 3), progress=False)
+        r = evaluate_volumes(pred, FakeVolume(truth), exclusion=(1, 1), block_shape=(1, 1, 3))
         assert r.pred_kind == "binary" and r.thresholds == ()
         assert r.counts == Counts(tp=1, fp=1, fn=1, tn=3)
 
@@ -267,12 +267,27 @@ def test_binary_predictions_bool_and_labels() -> None:
 def test_shape_mismatch_message() -> None:
     a = FakeVolume(np.zeros((4, 5, 6), np.float32))
     b = FakeVolume(np.zeros((4, 5, 7), np.uint8))
-    with pytest.raises(ValueError, match=r"\(4, 5, 6\).*\(4, 5, 7\)"):
-        evaluate_volumes(a, b, progress=False)
-    with pytest.raises(ValueError, match=r"mask has shape \(4, 5, 7\)"):
-        evaluate_volumes(a, FakeVolume(np.zeros((4, 5, 6), np.uint8)), mask=b, progress=False)
+    with pytest.raises(IncompatibleError, match=r"\(4, 5, 6\).*\(4, 5, 7\)"):
+        evaluate_volumes(a, b)
+    with pytest.raises(IncompatibleError, match=r"mask has shape \(4, 5, 7\)"):
+        evaluate_volumes(a, FakeVolume(np.zeros((4, 5, 6), np.uint8)), mask=b)
     with pytest.raises(ValueError, match="shape mismatch"):
         evaluate_arrays(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))
+
+
+def test_user_errors_are_organet_errors() -> None:
+    p = FakeVolume(np.zeros((4, 5, 6), np.float32))
+    t = FakeVolume(np.zeros((4, 5, 6), np.uint8))
+    for bad in ((0, 1, 1), (2, 2), (-1, 4, 4), "abc"):
+        with pytest.raises(InputError, match="block_shape"):
+            evaluate_volumes(p, t, block_shape=bad)
+    for bad_t in ((), (0.5, 1.5), (float("nan"),), -0.1):
+        with pytest.raises(InputError, match="threshold"):
+            evaluate_volumes(p, t, thresholds=bad_t)
+    with pytest.raises(InputError, match="unknown organelle"):
+        evaluate_volumes(p, t, exclusion="nucleolus")
+    with pytest.raises(InputError, match="exclusion metric"):
+        evaluate_volumes(p, t, exclusion=1, exclusion_metric="chebyshev")
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +311,6 @@ def test_blockwise_equals_whole_volume(blobby_case, block_shape) -> None:
         exclusion=(2, 3),
         thresholds=ts,
         block_shape=block_shape,
-        progress=False,
     )
     assert res.per_threshold == whole
     assert res.exclusion == (2, 3) and res.shape == (40, 50, 60) and res.masked
@@ -314,7 +328,6 @@ def test_blockwise_taxicab_and_no_mask(blobby_case) -> None:
         exclusion=(4, 1),
         thresholds=(0.3, 0.6),
         block_shape=(9, 20, 17),
-        progress=False,
         exclusion_metric="taxicab",
     )  # plain numpy arrays work too
     assert res.per_threshold == whole
@@ -322,6 +335,7 @@ def test_blockwise_taxicab_and_no_mask(blobby_case) -> None:
 
 def test_result_dict_table_json_roundtrip(tmp_path: Path, blobby_case) -> None:
     prob, truth, mask = blobby_case
+    calls: list[tuple[str, int, int]] = []
     res = evaluate_volumes(
         FakeVolume(prob[:10]),
         FakeVolume(truth[:10]),
@@ -329,7 +343,7 @@ def test_result_dict_table_json_roundtrip(tmp_path: Path, blobby_case) -> None:
         exclusion="golgi",
         thresholds=(0.3, 0.5, 0.7),
         block_shape=(8, 32, 32),
-        progress=True,
+        progress=lambda *a: calls.append(a),
     )
     assert res.exclusion == (2, 2)
     best = res.best_threshold
@@ -343,22 +357,18 @@ def test_result_dict_table_json_roundtrip(tmp_path: Path, blobby_case) -> None:
     assert loaded == json.loads(json.dumps(d))
     assert EvaluationResult.from_dict(loaded).per_threshold == res.per_threshold
     assert [p.name for p in out.parent.iterdir()] == ["eval.json"]  # no temp file left
-
-    from rich.console import Console
-
-    buf = io.StringIO()
-    Console(file=buf, width=160).print(res.to_table(title="golgi"))
-    text = buf.getvalue()
-    assert "F1" in text and "golgi" in text and "0.5" in text
+    # progress: the stage is announced with its block count (2 x 2 x 2), then every block advances once
+    assert calls[0] == ("evaluate", 0, 8) and all(c[0] == "evaluate" and c[2] == 8 for c in calls)
+    assert sum(c[1] for c in calls) == 8
 
 
 def test_plot_threshold_sweep(tmp_path: Path, blobby_case) -> None:
     pytest.importorskip("matplotlib")
     prob, truth, _ = blobby_case
-    res = evaluate_volumes(prob[:8], truth[:8], thresholds=np.linspace(0.1, 0.9, 9), progress=False)
+    res = evaluate_volumes(prob[:8], truth[:8], thresholds=np.linspace(0.1, 0.9, 9))
     out = plot_threshold_sweep(res, tmp_path / "sweep.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["sweep.png"]
     plot_threshold_sweep(evaluate_arrays(prob[:8], truth[:8], thresholds=(0.4, 0.6)), tmp_path / "b.png")
     with pytest.raises(ValueError):
-        plot_threshold_sweep(evaluate_volumes(truth[:2] > 0, truth[:2], progress=False), tmp_path / "c.png")
+        plot_threshold_sweep(evaluate_volumes(truth[:2] > 0, truth[:2]), tmp_path / "c.png")

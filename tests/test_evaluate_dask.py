@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from organet.errors import InputError
 from organet.evaluate import evaluate_volumes
 from organet.volumes import open_volume, write_ome_zarr
 
@@ -22,14 +23,14 @@ def test_evaluation_on_dask_equals_in_process(tmp_path):
         with write_ome_zarr(tmp_path / f"{name}.zarr") as w:
             w.create_image(None, a.shape, a.dtype, (5, 5, 5), chunks=(8, 16, 16), attrs=attrs).write(..., a)
     p, t, m = (open_volume(tmp_path / f"{n}.zarr") for n in "ptm")
-    kw = dict(exclusion=(2, 2), thresholds=(0.3, 0.5, 0.7), block_shape=(8, 16, 16), progress=False)
+    kw = dict(exclusion=(2, 2), thresholds=(0.3, 0.5, 0.7), block_shape=(8, 16, 16))
     ref = evaluate_volumes(p, t, m, **kw)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, Client(c) as cl:
         got = evaluate_volumes(p, t, m, client=cl, **kw)
     assert got.to_dict() == ref.to_dict()
     assert ref.counts.tp > 0 and 0 < ref.counts.f1 < 1
-    with pytest.raises(ValueError, match="block_shape"):
-        evaluate_volumes(p, t, m, block_shape=(0, 1, 1), client=None, progress=False)
+    with pytest.raises(InputError, match="block_shape"):
+        evaluate_volumes(p, t, m, block_shape=(0, 1, 1), client=None)
 
 
 def test_evaluate_cli_on_dask(tmp_path):

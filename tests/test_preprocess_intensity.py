@@ -4,6 +4,7 @@ statistics, the `organet preprocess` command and the train/predict preprocessing
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -11,17 +12,17 @@ from skimage.exposure import equalize_adapthist
 from typer.testing import CliRunner
 
 from organet.cli import app
-from organet.model.checkpoint import Checkpoint
+from organet.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from organet.model.unet import UNet, UNetConfig
+from organet.predict import Predictor, predict_volume
 from organet.preprocess import Normalization, PreprocessParams, check_preprocess, normalize_array
 from organet.preprocess.intensity import gather_stats
-from organet.predict.run import predict_volume
 from organet.volumes import Volume, open_volume, write_ome_zarr
 
 runner = CliRunner()
 
 
-def run(*args):  # type: ignore[no-untyped-def]
+def run(*args: object) -> tuple[int, str]:
     r = runner.invoke(app, [str(a) for a in args])
     return r.exit_code, " ".join(r.output.split())
 
@@ -102,7 +103,7 @@ def test_bad_parameters_and_types_are_refused():
     with pytest.raises(ValueError, match="high_percentile"):
         PreprocessParams(method="linear", low_percentile=90, high_percentile=10)
     with pytest.raises(ValueError):
-        PreprocessParams(method="gamma")  # type: ignore[arg-type]
+        PreprocessParams.model_validate({"method": "gamma"})
     with pytest.raises(ValueError, match="uint8, uint16"):
         normalize_array(np.zeros((2, 4, 4), np.int32), PreprocessParams(method="histeq"))
     with pytest.raises(ValueError, match="nearly constant"):
@@ -121,8 +122,22 @@ def test_cli_preprocess_writes_recorded_uint8_next_to_raw(tmp_path):
     x = textured((12, 32, 40))
     raw = _raw_zarr(tmp_path, x)
     out = tmp_path / "raw_clahe.zarr"
-    code, msg = run("preprocess", raw, "-o", out, "--method", "clahe", "--clip-limit", "0.02", "--kernel", "8",
-                    "--block", "5", "9", "11")
+    code, msg = run(
+        "preprocess",
+        raw,
+        "-o",
+        out,
+        "--method",
+        "clahe",
+        "--clip-limit",
+        "0.02",
+        "--kernel",
+        "8",
+        "--block",
+        "5",
+        "9",
+        "11",
+    )
     assert code == 0, msg
     v = open_volume(str(out))
     assert v.dtype == np.uint8 and v.shape == x.shape
@@ -155,23 +170,31 @@ def test_prediction_refuses_input_with_other_preprocessing(tmp_path):
     raw = _raw_zarr(tmp_path, x)
     assert run("preprocess", raw, "-o", tmp_path / "c.zarr", "--kernel", "8")[0] == 0
     clahe = open_volume(str(tmp_path / "c.zarr"))
-    plain = Checkpoint(cfg, (34, 34, 34), (5.0, 5.0, 5.0), Normalization(), "mito", UNet(cfg).state_dict())
+
+    def predictor(norm: Normalization) -> Predictor:
+        return Predictor.from_model(UNet(cfg), (5.0, 5.0, 5.0), norm, tile=(34, 34, 34), device="cpu")
+
+    plain = predictor(Normalization())
     with pytest.raises(ValueError, match="clahe.*the model expects no contrast normalization"):
-        predict_volume(plain, clahe, tmp_path / "p.zarr", tile_shape=(34, 34, 34), progress=False)
+        predict_volume(plain, clahe, tmp_path / "p.zarr")
     # checkpoint round trip keeps the preprocessing; the matching input is accepted
     norm = Normalization(preprocess={"method": "clahe", "kernel": 8})
     assert Normalization(**norm.model_dump()) == norm
     ck = Checkpoint(cfg, (34, 34, 34), (5.0, 5.0, 5.0), norm, "mito", UNet(cfg).state_dict())
-    predict_volume(ck, clahe, tmp_path / "p.zarr", tile_shape=(34, 34, 34), progress=False)
+    save_checkpoint(ck, tmp_path / "ck.pt")
+    assert load_checkpoint(tmp_path / "ck.pt").normalization == norm
+    matching = predictor(norm)
+    predict_volume(matching, clahe, tmp_path / "p.zarr")
     with pytest.raises(ValueError, match="no contrast normalization but the model expects clahe"):
-        predict_volume(ck, open_volume(str(raw)), tmp_path / "p2.zarr", tile_shape=(34, 34, 34), progress=False)
+        predict_volume(matching, open_volume(str(raw)), tmp_path / "p2.zarr")
     # explicit override
-    predict_volume(ck, open_volume(str(raw)), tmp_path / "p3.zarr", tile_shape=(34, 34, 34), progress=False,
-                   check_preprocess=False)
+    predict_volume(matching, open_volume(str(raw)), tmp_path / "p3.zarr", check_preprocess=False)
     # old checkpoints (no preprocess key) load as "none"
     assert Normalization(method="dtype_range").preprocess is None
     check_preprocess(None, {}, "x", "y")
-    check_preprocess("clahe", {"preprocess": {"method": "clahe", "clip_limit": 0.02, "kernel": [128] * 3}}, "x", "y")
+    check_preprocess(
+        {"method": "clahe"}, {"preprocess": {"method": "clahe", "clip_limit": 0.02, "kernel": [128] * 3}}, "x", "y"
+    )
 
 
 def test_training_config_names_the_preprocessing_and_trainer_checks_the_raw(tmp_path):
@@ -179,7 +202,7 @@ def test_training_config_names_the_preprocessing_and_trainer_checks_the_raw(tmp_
 
     import yaml
 
-    from organet.config import ConfigError, load_config
+    from organet.config import ConfigError, ExperimentConfig, load_config
     from organet.train.loop import Trainer
 
     x = textured((8, 16, 16))
@@ -188,24 +211,31 @@ def test_training_config_names_the_preprocessing_and_trainer_checks_the_raw(tmp_
         w.create_image(None, x.shape, np.uint8, (5.0, 5.0, 5.0), (10.0, 0.0, 0.0))
     assert run("preprocess", raw, "-o", f"{raw}/clahe", "--kernel", "8")[0] == 0
 
-    def config(raw_path: str, preprocess) -> object:  # type: ignore[no-untyped-def]
-        d = {"name": "t", "organelle": "mito", "output_dir": str(tmp_path / "run"),
-             "normalization": {"method": "dtype_range", **({"preprocess": preprocess} if preprocess else {})},
-             "data": {"train": [{"name": "a", "raw": raw_path, "labels": str(tmp_path / "lab.zarr")}]}}
+    def config(raw_path: str, preprocess: Any) -> ExperimentConfig:
+        d = {
+            "name": "t",
+            "organelle": "mito",
+            "output_dir": str(tmp_path / "run"),
+            "normalization": {"method": "dtype_range", **({"preprocess": preprocess} if preprocess else {})},
+            "data": {"train": [{"name": "a", "raw": raw_path, "labels": str(tmp_path / "lab.zarr")}]},
+        }
         p = tmp_path / "c.yaml"
         p.write_text(yaml.safe_dump(d))
         return load_config(p)
 
     ok = config(f"{raw}/clahe", {"method": "clahe", "clip_limit": 0.02, "kernel": 8})
     assert ok.normalization.preprocess == {"method": "clahe", "clip_limit": 0.02, "kernel": [8, 8, 8], "nbins": 256}
-    Trainer._check_preprocess(SimpleNamespace(cfg=ok))  # type: ignore[arg-type]
+
+    def check(cfg: ExperimentConfig) -> None:
+        Trainer._check_preprocess(cast(Trainer, SimpleNamespace(cfg=cfg)))  # only its config is used
+
+    check(ok)
     with pytest.raises(ConfigError, match="has clahe .* the config .* expects no contrast normalization"):
-        Trainer._check_preprocess(SimpleNamespace(cfg=config(f"{raw}/clahe", None)))  # type: ignore[arg-type]
+        check(config(f"{raw}/clahe", None))
     with pytest.raises(ConfigError, match="has no contrast normalization .* expects clahe"):
-        Trainer._check_preprocess(SimpleNamespace(cfg=config(str(raw), "clahe")))  # type: ignore[arg-type]
+        check(config(str(raw), "clahe"))
     with pytest.raises(ConfigError, match=r"kernel \[16, 16, 16\]"):  # same method, other parameters
-        Trainer._check_preprocess(  # type: ignore[arg-type]
-            SimpleNamespace(cfg=config(f"{raw}/clahe", {"method": "clahe", "kernel": 16})))
+        check(config(f"{raw}/clahe", {"method": "clahe", "kernel": 16}))
 
 
 LUCCHI = Path(__file__).resolve().parents[2] / "shared" / "data" / "lucchi_pp" / "train_image.tif"

@@ -3,15 +3,17 @@ and prediction with a model trained at a coarser voxel size than the input."""
 
 from __future__ import annotations
 
+import math
+from typing import Any, cast
+
 import numpy as np
 import pytest
 import torch
 
+from organet.errors import IncompatibleError
 from organet.model.checkpoint import Checkpoint, save_checkpoint
 from organet.model.unet import UNet, UNetConfig
-from organet.predict.blockwise import predict_blockwise
-from organet.predict.run import predict_volume
-from organet.predict.tiled import predict_array
+from organet.predict import Predictor, predict_volume
 from organet.preprocess import Normalization
 from organet.volumes import Roi, VolumeError, convert_volume, open_volume, write_ome_zarr
 from organet.volumes.resample import (
@@ -33,8 +35,8 @@ def test_downsample_block_modes_and_partial_blocks():
     a = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
     m = downsample_block(a, (2, 2, 2), "mean")
     assert m.shape == (2, 2, 3) and m.dtype == np.uint8
-    assert m[0, 0, 0] == round(a[:2, :2, :2].mean())
-    assert m[1, 1, 2] == round(a[2:, 2:, 4:].mean())  # partial block: only the voxels it has
+    assert m[0, 0, 0] == math.floor(a[:2, :2, :2].mean() + 0.5)  # means round half up
+    assert m[1, 1, 2] == math.floor(a[2:, 2:, 4:].mean() + 0.5) == 57  # partial block: only the voxels it has
     lab = np.zeros((4, 4, 4), np.uint8)
     lab[:2, :2, :2] = 1
     lab[2:, 2:, 2:][0, 0, 0] = 1  # 1 of 8 voxels
@@ -43,7 +45,7 @@ def test_downsample_block_modes_and_partial_blocks():
     assert downsample_block(lab, 2, "max")[1, 1, 1] == 1
     np.testing.assert_array_equal(downsample_block(lab * 255, 2, "majority"), maj)  # masks stored as 0/255
     with pytest.raises(VolumeError, match="mode"):
-        downsample_block(a, 2, "median")  # type: ignore[arg-type]
+        downsample_block(a, (2, 2, 2), cast(Any, "median"))
 
 
 def test_integer_factor():
@@ -57,8 +59,13 @@ def test_convert_downsample_geometry_and_content(tmp_path):
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (21, 30, 33), dtype=np.uint8)
     _write(tmp_path / "a.zarr", a, off=(100, 0, 50))
-    v = convert_volume(tmp_path / "a.zarr", tmp_path / "b.zarr", downsample=(1, 2, 3), chunks=(4, 8, 8),
-                       roi=Roi((1, 0, 0), (20, 30, 33)), progress=False)
+    v = convert_volume(
+        tmp_path / "a.zarr",
+        tmp_path / "b.zarr",
+        downsample=(1, 2, 3),
+        chunks=(4, 8, 8),
+        roi=Roi((1, 0, 0), (20, 30, 33)),
+    )
     assert v.shape == (20, 15, 11)
     assert v.voxel_size == (5, 10, 15)
     # OME translation is the centre of voxel 0: it moves by (f - 1) / 2 fine voxels
@@ -88,7 +95,7 @@ def test_upsample_linear_is_exact_on_ramps_and_blockwise_equals_whole():
     np.testing.assert_allclose(whole[inner, 5, 7] - whole[inner, 5, 7][0], 2 * (cz[inner] - cz[inner][0]), atol=1e-5)
     lo_f, hi_f = (3, 5, 7), (10, 13, 20)
     lo, hi = coarse_cover(lo_f, hi_f, f, coarse.shape)
-    part = upsample_linear(coarse[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], lo, coarse.shape, f, lo_f, hi_f)
+    part = upsample_linear(coarse[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], lo, coarse.shape, f, lo_f, hi_f)
     np.testing.assert_allclose(part, whole[3:10, 5:13, 7:20], atol=1e-6)
 
 
@@ -100,8 +107,9 @@ TILE = (34, 34, 34)
 def coarse_model(tmp_path):
     torch.manual_seed(0)
     net = UNet(CFG)
-    save_checkpoint(Checkpoint(CFG, TILE, (10.0, 10.0, 10.0), Normalization(), "mito", net.state_dict()),
-                    tmp_path / "m10.pt")
+    save_checkpoint(
+        Checkpoint(CFG, TILE, (10.0, 10.0, 10.0), Normalization(), "mito", net.state_dict()), tmp_path / "m10.pt"
+    )
     return net, tmp_path / "m10.pt"
 
 
@@ -110,31 +118,30 @@ def test_predict_with_a_coarser_model_resamples_input_and_output(tmp_path, coars
     a = np.random.default_rng(2).integers(0, 255, (40, 44, 46), dtype=np.uint8)
     vol = _write(tmp_path / "raw.zarr", a, off=(50, 0, 0))
     roi = Roi((3, 5, 7), (30, 33, 36))
-    res = predict_volume(ckpt, vol, tmp_path / "p.zarr", roi=roi, tile_shape=TILE, chunks=(8, 8, 8),
-                         device="cpu", progress=False)
+    res = predict_volume(
+        Predictor.from_checkpoint(ckpt, tile=TILE, device="cpu"), vol, tmp_path / "p.zarr", roi=roi, chunks=(8, 8, 8)
+    )
     prob = open_volume(tmp_path / "p.zarr/probability")
     assert prob.shape == roi.shape and prob.voxel_size == (5, 5, 5)
     assert prob.offset == (65, 25, 35)
     assert prob.attrs["resampled"]["factor"] == [2, 2, 2]
     # reference: whole coarse volume predicted in memory, interpolated, cropped
-    coarse = downsample_block(a, 2)
-    p = predict_array(net, DownsampledVolume(vol, 2), Normalization(), (0, 0, 0), coarse.shape, TILE)
-    ref = upsample_linear(p, (0, 0, 0), coarse.shape, 2, roi.offset, roi.end)
+    coarse = DownsampledVolume(vol, (2, 2, 2))
+    np.testing.assert_array_equal(coarse.read(Roi((0, 0, 0), coarse.shape)), downsample_block(a, 2))
+    ref_predictor = Predictor.from_model(net, coarse.voxel_size, Normalization(), tile=TILE, device="cpu")
+    p = ref_predictor.predict(coarse, Roi((0, 0, 0), coarse.shape))
+    ref = upsample_linear(p, (0, 0, 0), coarse.shape, (2, 2, 2), roi.offset, roi.end)
     got = prob.read().astype(np.float32) / 255
     assert np.abs(got - ref).max() <= 0.5 / 255 + 1e-6
     mask = open_volume(tmp_path / "p.zarr/mask").read()
     np.testing.assert_array_equal(mask, (prob.read() >= 128).astype(np.uint8))
-    assert res.tiles >= 1
-    assert not any(p.name.startswith(".p.zarr.coarse") for p in tmp_path.iterdir())  # temporary store removed
+    assert res.blocks >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m10.pt", "p.zarr", "raw.zarr"]  # no partial, no ledger
 
 
-def test_non_integer_factor_and_blockwise_resampling_are_refused(tmp_path, coarse_model):
+def test_non_integer_factor_is_refused(tmp_path, coarse_model):
     _, ckpt = coarse_model
-    a = np.zeros((40, 40, 40), np.uint8)
-    _write(tmp_path / "r8.zarr", a, vs=(8, 8, 8))
-    with pytest.raises(ValueError, match="whole factors"):
-        predict_volume(ckpt, tmp_path / "r8.zarr", tmp_path / "o.zarr", device="cpu", progress=False)
-    _write(tmp_path / "r5.zarr", a)
-    with pytest.raises(ValueError, match="blockwise prediction runs at the model's voxel size"):
-        predict_blockwise(ckpt, tmp_path / "r5.zarr", tmp_path / "o.zarr", device="cpu")
+    _write(tmp_path / "r8.zarr", np.zeros((40, 40, 40), np.uint8), vs=(8, 8, 8))
+    with pytest.raises(IncompatibleError, match="whole factors"):
+        predict_volume(Predictor.from_checkpoint(ckpt, device="cpu"), tmp_path / "r8.zarr", tmp_path / "o.zarr")
     assert not (tmp_path / "o.zarr").exists()

@@ -7,6 +7,7 @@ import pickle
 import time
 import warnings
 from pathlib import Path
+from typing import Any, cast
 
 import h5py
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 import tifffile
 import zarr
 
+from organet.errors import InputError
 from organet.volumes import (
     Roi,
     Volume,
@@ -47,12 +49,15 @@ def test_roi_geometry() -> None:
     assert a.grow((0, -1, 2)) == Roi((1, 3, 1), (4, 3, 10))
     assert a.shift((-1, 0, 1)) == Roi((0, 2, 4), (4, 5, 6))
     assert Roi.from_slices((slice(1, 5), slice(2, 7), slice(3, 9))) == a
-    assert Roi.from_slices((slice(None), slice(-3, None), slice(2, 100)), shape=(8, 10, 12)) == Roi((0, 7, 2), (8, 3, 10))
+    assert Roi.from_slices((slice(None), slice(-3, None), slice(2, 100)), shape=(8, 10, 12)) == Roi(
+        (0, 7, 2), (8, 3, 10)
+    )
     assert str(a) == "[1:5, 2:7, 3:9]"
     with pytest.raises(VolumeError, match="shape"):
         Roi((0, 0, 0), (1, -1, 1))
+    half: Any = (0.5, 0, 0)
     with pytest.raises(VolumeError, match="integers"):
-        Roi((0.5, 0, 0), (1, 1, 1))
+        Roi(half, (1, 1, 1))
     with pytest.raises(VolumeError, match="negative"):
         a.grow(-3)
     with pytest.raises(VolumeError, match="needs a shape"):
@@ -95,7 +100,7 @@ def test_parse_roi() -> None:
     with pytest.raises(VolumeError, match="empty on axis y"):
         parse_roi("0:5,5:5,:", "vox", vol)
     with pytest.raises(VolumeError, match="unit"):
-        parse_roi(":,:,:", "um", vol)  # type: ignore[arg-type]
+        parse_roi(":,:,:", cast(Any, "um"), vol)
 
 
 # -- Volume ----------------------------------------------------------------------------
@@ -129,7 +134,10 @@ def test_multipage_tiff_imagej(tmp_path: Path) -> None:
     data = ramp((6, 10, 12), "uint8")
     path = tmp_path / "stack.tif"
     tifffile.imwrite(
-        path, data, imagej=True, resolution=(1 / 0.003, 1 / 0.004),  # (x, y) pixels per µm
+        path,
+        data,
+        imagej=True,
+        resolution=(1 / 0.003, 1 / 0.004),  # (x, y) pixels per µm
         metadata={"spacing": 0.0052, "unit": "um", "axes": "ZYX"},
     )
     with open_volume(path) as vol:
@@ -170,7 +178,9 @@ def test_slice_folder_numeric_order_and_gap(tmp_path: Path) -> None:
     vol = open_volume(folder, voxel_size=(5, 5, 5))
     assert vol.shape == (12, 4, 6) and vol.chunks == (1, 4, 6)
     assert vol[:, 0, 0].tolist() == list(range(1, 13))  # slice_2 before slice_10
-    assert np.array_equal(vol.read(Roi((8, 1, 2), (3, 2, 2))), np.broadcast_to(np.arange(9, 12, dtype="uint8")[:, None, None], (3, 2, 2)))
+    assert np.array_equal(
+        vol.read(Roi((8, 1, 2), (3, 2, 2))), np.broadcast_to(np.arange(9, 12, dtype="uint8")[:, None, None], (3, 2, 2))
+    )
     (folder / "slice_5.tif").unlink()
     with pytest.raises(VolumeError, match="slice number 5 is missing"):
         open_volume(folder)
@@ -225,17 +235,24 @@ def test_ome_zarr_04_by_hand(tmp_path: Path) -> None:
     g = zarr.open_group(tmp_path / "ome04.zarr", mode="w", zarr_format=2)
     g.create_array("0", shape=data.shape, dtype=data.dtype, chunks=(1, 2, 5, 3))[:] = data
     g.create_array("1", shape=(1, 2, 3, 3), dtype=data.dtype)
-    g.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": "c", "type": "channel"}] + [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
-        "datasets": [
-            {"path": "0", "coordinateTransformations": [
-                {"type": "scale", "scale": [1, 0.0052, 0.004, 0.003]},
-                {"type": "translation", "translation": [0, 0.1, 0.2, 0.3]}]},
-            {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [1, 0.0104, 0.008, 0.006]}]},
-        ],
-        "coordinateTransformations": [{"type": "scale", "scale": [1, 2, 1, 1]}],  # global, applied last
-    }]
+    g.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": "c", "type": "channel"}]
+            + [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+            "datasets": [
+                {
+                    "path": "0",
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [1, 0.0052, 0.004, 0.003]},
+                        {"type": "translation", "translation": [0, 0.1, 0.2, 0.3]},
+                    ],
+                },
+                {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [1, 0.0104, 0.008, 0.006]}]},
+            ],
+            "coordinateTransformations": [{"type": "scale", "scale": [1, 2, 1, 1]}],  # global, applied last
+        }
+    ]
     vol = open_volume(tmp_path / "ome04.zarr")
     assert vol.shape == (4, 5, 6)
     assert vol.voxel_size == pytest.approx((10.4, 4.0, 3.0))
@@ -263,7 +280,9 @@ def test_write_ome_zarr_05_round_trip(tmp_path: Path) -> None:
     assert attrs["ome"]["version"] == "0.5"
     assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
     assert ms["datasets"][0]["coordinateTransformations"] == [
-        {"type": "scale", "scale": [5.2, 4.0, 3.0]}, {"type": "translation", "translation": [52.0, 8.0, 0.0]}]
+        {"type": "scale", "scale": [5.2, 4.0, 3.0]},
+        {"type": "translation", "translation": [52.0, 8.0, 0.0]},
+    ]
     s0 = json.loads((dst / "s0" / "zarr.json").read_text())
     assert s0["codecs"][-1]["name"] == "blosc" and s0["codecs"][-1]["configuration"]["cname"] == "zstd"
     vol = open_volume(dst)
@@ -272,9 +291,8 @@ def test_write_ome_zarr_05_round_trip(tmp_path: Path) -> None:
     pv = open_volume(f"{dst}/probability")
     assert pv.attrs == meta and pv.dtype == np.float32 and np.array_equal(pv.read(), prob)
     assert open_volume(f"{dst}/probability/s0").attrs == meta  # array path: parent image metadata
-    with pytest.raises(VolumeError, match="already exists"):
-        with write_ome_zarr(dst):
-            pass
+    with pytest.raises(VolumeError, match="already exists"), write_ome_zarr(dst):
+        pass
     with write_ome_zarr(dst, overwrite=True) as w:
         w.create_image(None, (1, 2, 2), "uint8", (1, 1, 1))
     assert open_volume(dst).shape == (1, 2, 2)
@@ -283,20 +301,18 @@ def test_write_ome_zarr_05_round_trip(tmp_path: Path) -> None:
 
 def test_write_ome_zarr_atomic_on_error(tmp_path: Path) -> None:
     dst = tmp_path / "fail.zarr"
-    with pytest.raises(RuntimeError, match="boom"):
-        with write_ome_zarr(dst) as w:
-            vol = w.create_image("x", (2, 2, 2), "uint8", (1, 1, 1))
-            vol.write(vol.roi, np.ones((2, 2, 2), "uint8"))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), write_ome_zarr(dst) as w:
+        vol = w.create_image("x", (2, 2, 2), "uint8", (1, 1, 1))
+        vol.write(vol.roi, np.ones((2, 2, 2), "uint8"))
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(VolumeError, match="aborted"):
         vol.read()
     # An existing output survives a failed overwrite.
     with write_ome_zarr(dst) as w:
         w.create_image(None, (1, 1, 1), "uint8", (1, 1, 1))
-    with pytest.raises(RuntimeError):
-        with write_ome_zarr(dst, overwrite=True) as w:
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), write_ome_zarr(dst, overwrite=True) as w:
+        raise RuntimeError("boom")
     assert open_volume(dst).shape == (1, 1, 1)
     assert [p.name for p in tmp_path.iterdir()] == ["fail.zarr"]
 
@@ -308,8 +324,15 @@ def test_n5_via_tensorstore(tmp_path: Path) -> None:
     path = tmp_path / "data.n5" / "raw"
     # N5 stores dimensions as (x, y, z); tensorstore keeps that order, so write data.T.
     store = ts.open(
-        {"driver": "n5", "kvstore": {"driver": "file", "path": str(path)}, "metadata": {"compression": {"type": "gzip"}}},
-        create=True, dtype=ts.uint16, shape=data.T.shape, chunk_layout=ts.ChunkLayout(read_chunk_shape=[4, 2, 2]),
+        {
+            "driver": "n5",
+            "kvstore": {"driver": "file", "path": str(path)},
+            "metadata": {"compression": {"type": "gzip"}},
+        },
+        create=True,
+        dtype=ts.uint16,
+        shape=data.T.shape,
+        chunk_layout=ts.ChunkLayout(read_chunk_shape=[4, 2, 2]),
     ).result()
     store[...] = data.T
     attrs = json.loads((path / "attributes.json").read_text())
@@ -372,26 +395,72 @@ def test_open_errors(tmp_path: Path) -> None:
 def test_convert_volume(tmp_path: Path) -> None:
     data = ramp((9, 10, 11), "uint16")
     tifffile.imwrite(
-        tmp_path / "src.tif", data, imagej=True, resolution=(1 / 0.003, 1 / 0.004),
+        tmp_path / "src.tif",
+        data,
+        imagej=True,
+        resolution=(1 / 0.003, 1 / 0.004),
         metadata={"spacing": 0.0052, "unit": "um", "axes": "ZYX"},
     )
-    out = convert_volume(tmp_path / "src.tif", tmp_path / "full.zarr", chunks=(4, 4, 4), progress=False)
+    calls: list[tuple[str, int, int]] = []
+    out = convert_volume(
+        tmp_path / "src.tif", tmp_path / "full.zarr", chunks=(4, 4, 4), progress=lambda *a: calls.append(a)
+    )
     assert np.array_equal(out.read(), data) and out.voxel_size == pytest.approx((5.2, 4.0, 3.0))
     assert out.chunks == (4, 4, 4) and out.offset == (0.0, 0.0, 0.0)
+    # one z slab of chunks per block, reported as stage "convert"; nothing left beside the output
+    assert calls[0] == ("convert", 0, 3) and sum(n for _, n, _ in calls) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.zarr", "src.tif"]
     roi = Roi((2, 3, 1), (5, 6, 7))
     # Tiny block budget forces y/x tiling as well as z slabs.
     sub = convert_volume(
-        tmp_path / "src.tif", tmp_path / "sub.zarr", offset=(100.0, 0.0, -3.0), chunks=(2, 2, 2), roi=roi,
-        progress=False, max_block_bytes=2 * 2 * 11 * 2,
+        tmp_path / "src.tif",
+        tmp_path / "sub.zarr",
+        offset=(100.0, 0.0, -3.0),
+        chunks=(2, 2, 2),
+        roi=roi,
+        max_block_bytes=2 * 2 * 11 * 2,
     )
     assert np.array_equal(sub.read(), data[roi.slices()])
     assert sub.offset == pytest.approx((100.0 + 2 * 5.2, 3 * 4.0, -3.0 + 1 * 3.0))
     assert open_volume(tmp_path / "sub.zarr").voxel_size == pytest.approx((5.2, 4.0, 3.0))
-    with pytest.raises(VolumeError, match="already exists"):
-        convert_volume(tmp_path / "src.tif", tmp_path / "sub.zarr", progress=False)
+    with pytest.raises(InputError, match="already exists"):
+        convert_volume(tmp_path / "src.tif", tmp_path / "sub.zarr")
     with pytest.raises(VolumeError, match="outside"):
-        convert_volume(tmp_path / "src.tif", tmp_path / "bad.zarr", roi=Roi((5, 0, 0), (5, 1, 1)), progress=False)
+        convert_volume(tmp_path / "src.tif", tmp_path / "bad.zarr", roi=Roi((5, 0, 0), (5, 1, 1)))
     assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_convert_resumes_after_failed_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from organet.blockwise import BlockFailures
+
+    data = ramp((10, 6, 7), "uint16")
+    tifffile.imwrite(tmp_path / "src.tif", data)
+    faults = tmp_path / "faults.json"
+    faults.write_text(
+        json.dumps(
+            [
+                {
+                    "stage": "convert",
+                    "blocks": [[2, 0, 0]],
+                    "times": -1,
+                    "action": "raise",
+                    "counter_dir": str(tmp_path / "counts"),
+                }
+            ]
+        )
+    )
+    monkeypatch.setenv("ORGANET_TEST_FAULTS", str(faults))
+    dst = tmp_path / "out.zarr"
+    with pytest.warns(UserWarning, match="no voxel size"), pytest.raises(BlockFailures, match="block 2_0_0"):
+        convert_volume(tmp_path / "src.tif", dst, chunks=(2, 4, 4), retries=0)
+    assert not dst.exists() and (tmp_path / "out.zarr.partial").is_dir() and (tmp_path / "out.zarr.progress").is_dir()
+    faults.unlink()
+    calls: list[tuple[str, int, int]] = []
+    with pytest.warns(UserWarning, match="no voxel size"):
+        out = convert_volume(tmp_path / "src.tif", dst, chunks=(2, 4, 4), progress=lambda *a: calls.append(a))
+    assert calls[:2] == [("convert", 0, 5), ("convert", 4, 5)]  # 4 of 5 slabs resumed, one recomputed
+    assert np.array_equal(out.read(), data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counts", "out.zarr", "src.tif"]
 
 
 @pytest.mark.realdata

@@ -37,7 +37,11 @@ from skimage.filters import threshold_otsu
 from skimage.measure import EllipseModel
 from skimage.morphology import skeletonize
 
-from organet.volumes import Volume, VolumeError
+from organet.errors import IncompatibleError
+from organet.volumes import Volume
+from organet.volumes.atomic import atomic_path
+from organet.volumes.foreground import foreground, prediction_kind
+from organet.volumes.geometry import check_same_voxel_size
 
 COLUMNS = [
     "id", "class", "location", "stage", "n_voxels", "volume_nm3",
@@ -57,7 +61,7 @@ class CoatedPitParams:
     smooth_nm: float = 5.0  # Gaussian sigma (nm) of the raw used for Otsu and pit/vesicle connectivity
     profile_smooth_nm: float = 2.5  # Gaussian sigma (nm) of the raw sampled on sections for the metrics
     min_voxels: int = 27  # smaller components are skipped (flag too_small)
-    pred_threshold: float = 0.5  # foreground = probability >= this (uint8 probabilities are value/255)
+    pred_threshold: float = 0.5  # foreground = probability >= this (organet uint8 probabilities are value/255)
     endocytic_max_dist_nm: float = 50.0  # pit foot within this of the cell-mask boundary → endocytic
     membrane_exclusion_nm: float = 15.0  # skeleton points closer than this to the membrane plane are not the pit's
     n_sections: int = 6  # sections (angles) around the axis; metrics are medians over sections
@@ -78,19 +82,6 @@ class CoatedPitResult:
 
 # ----------------------------------------------------------------------------------------------
 # small helpers
-
-
-def _foreground(arr: np.ndarray, threshold: float) -> np.ndarray:
-    if arr.dtype == bool:
-        return arr
-    if np.issubdtype(arr.dtype, np.floating):
-        return arr >= threshold
-    mx = int(arr.max()) if arr.size else 0
-    if mx <= 1:
-        return arr > 0
-    if arr.dtype == np.uint8:
-        return arr >= threshold * 255
-    return arr > 0  # label image: any object
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -188,8 +179,15 @@ def _model(mid: np.ndarray, skel: np.ndarray) -> Any:
     return m if m else None
 
 
-def _section_ellipse(img: np.ndarray, s: np.ndarray, t: np.ndarray, thr: float, objs: np.ndarray,
-                     center_px: tuple[float, float] | None, t_min: float | None) -> tuple[Any, Any, Any]:
+def _section_ellipse(
+    img: np.ndarray,
+    s: np.ndarray,
+    t: np.ndarray,
+    thr: float,
+    objs: np.ndarray,
+    center_px: tuple[float, float] | None,
+    t_min: float | None,
+) -> tuple[Any, Any, Any]:
     """Otsu mask → skeleton of the dark component holding the object → ellipse; then refit on the
     sub-pixel mid-line around the first ellipse's centre (or ``center_px``). Points with t below
     ``t_min`` (nm; the flat membrane of a pit) are left out. Returns (fit, skeleton nm, mid-line nm)."""
@@ -258,8 +256,9 @@ def _fit_ellipse(points: np.ndarray) -> tuple[float, float, float] | None:
 class _Crop:
     """Smoothed raw, Otsu threshold and sampling of sections in nm for one object's crop."""
 
-    def __init__(self, raw: np.ndarray, origin_nm: np.ndarray, vs: np.ndarray, smooth_nm: float,
-                 profile_smooth_nm: float) -> None:
+    def __init__(
+        self, raw: np.ndarray, origin_nm: np.ndarray, vs: np.ndarray, smooth_nm: float, profile_smooth_nm: float
+    ) -> None:
         self.smooth = ndi.gaussian_filter(raw.astype(np.float32), smooth_nm / vs)
         self.meas = ndi.gaussian_filter(raw.astype(np.float32), profile_smooth_nm / vs)
         self.origin, self.vs = origin_nm, vs
@@ -269,8 +268,16 @@ class _Crop:
             raise ValueError("raw crop has no contrast")
         self.thr = float(threshold_otsu(self.meas))
 
-    def sample(self, values: np.ndarray, center: np.ndarray, u: np.ndarray, n: np.ndarray,
-               s: np.ndarray, t: np.ndarray, order: int = 1) -> np.ndarray:
+    def sample(
+        self,
+        values: np.ndarray,
+        center: np.ndarray,
+        u: np.ndarray,
+        n: np.ndarray,
+        s: np.ndarray,
+        t: np.ndarray,
+        order: int = 1,
+    ) -> np.ndarray:
         pts = center[:, None, None] + u[:, None, None] * s[None, None, :] + n[:, None, None] * t[None, :, None]
         idx = (pts - self.origin[:, None, None]) / self.vs[:, None, None]
         return ndi.map_coordinates(values, idx, order=order, mode="nearest")
@@ -280,8 +287,9 @@ class _Crop:
 # per-object measurement
 
 
-def _measure_pit(crop: _Crop, obj: np.ndarray, p0: np.ndarray, n: np.ndarray, extent: float,
-                 prm: CoatedPitParams) -> tuple[dict[str, float], list[str], dict[str, Any]]:
+def _measure_pit(
+    crop: _Crop, obj: np.ndarray, p0: np.ndarray, n: np.ndarray, extent: float, prm: CoatedPitParams
+) -> tuple[dict[str, float], list[str], dict[str, Any]]:
     step = crop.step
     half = int(math.ceil(extent / step))
     s = np.arange(-half, half + 1) * step
@@ -311,7 +319,9 @@ def _measure_pit(crop: _Crop, obj: np.ndarray, p0: np.ndarray, n: np.ndarray, ex
             necks.append((right[0] - left[0]) * step)
         # ellipse: skeleton of the Otsu mask beyond the membrane, refined to the sub-pixel mid-line
         objs = crop.sample(obj.astype(np.float32), p0, u, n, s, t, order=0) > 0.5
-        fit, skel, mid = _section_ellipse(img, s, t, crop.thr, objs, (i0 + (h or 0.0) / 2 / step, i0), prm.membrane_exclusion_nm)
+        fit, skel, mid = _section_ellipse(
+            img, s, t, crop.thr, objs, (i0 + (h or 0.0) / 2 / step, i0), prm.membrane_exclusion_nm
+        )
         if k == 0:
             example.update(obj=objs, skeleton=skel, midline=mid, ellipse=_model(mid, skel))
         if fit is not None:
@@ -340,12 +350,17 @@ def _measure_pit(crop: _Crop, obj: np.ndarray, p0: np.ndarray, n: np.ndarray, ex
         m["major_nm"] = m["minor_nm"] = m["eccentricity"] = math.nan
     m["diameter_nm"] = math.nan
     m["circle_diameter_nm"] = float(np.median(circles)) if circles else math.nan
-    example["height_nm"], example["neck_width_nm"], example["fwhm_nm"] = m["height_nm"], m["neck_width_nm"], m["fwhm_nm"]
+    example["height_nm"], example["neck_width_nm"], example["fwhm_nm"] = (
+        m["height_nm"],
+        m["neck_width_nm"],
+        m["fwhm_nm"],
+    )
     return m, flags, example
 
 
-def _measure_vesicle(crop: _Crop, obj: np.ndarray, coords_nm: np.ndarray, extent: float,
-                     prm: CoatedPitParams) -> tuple[dict[str, float], list[str], dict[str, Any]]:
+def _measure_vesicle(
+    crop: _Crop, obj: np.ndarray, coords_nm: np.ndarray, extent: float, prm: CoatedPitParams
+) -> tuple[dict[str, float], list[str], dict[str, Any]]:
     c = coords_nm.mean(axis=0)
     cov = np.cov((coords_nm - c).T) if len(coords_nm) > 3 else np.eye(3)
     w, v = np.linalg.eigh(cov)
@@ -363,8 +378,16 @@ def _measure_vesicle(crop: _Crop, obj: np.ndarray, coords_nm: np.ndarray, extent
         objs = crop.sample(obj.astype(np.float32), c, u, axis, s, s, order=0) > 0.5
         fit, skel, mid = _section_ellipse(img, s, s, crop.thr, objs, (half, half), None)
         if k == 0:
-            example = {"image": img, "s": s, "t": s, "obj": objs, "thr": crop.thr, "skeleton": skel, "midline": mid,
-                       "ellipse": _model(mid, skel)}
+            example = {
+                "image": img,
+                "s": s,
+                "t": s,
+                "obj": objs,
+                "thr": crop.thr,
+                "skeleton": skel,
+                "midline": mid,
+                "ellipse": _model(mid, skel),
+            }
         if fit is not None:
             ells.append(fit)
         circ = _fit_circle(mid if len(mid) >= 8 else skel)
@@ -391,11 +414,10 @@ def _check_volumes(pred: Volume, raw: Volume, cell_mask: Volume | None) -> None:
         if vol is None:
             continue
         if tuple(vol.shape) != tuple(pred.shape):
-            raise ValueError(f"{name} shape {tuple(vol.shape)} differs from the prediction shape {tuple(pred.shape)}")
-        if not np.allclose(vol.voxel_size, pred.voxel_size, rtol=1e-4):
-            raise ValueError(
-                f"{name} voxel size {tuple(vol.voxel_size)} nm differs from the prediction's {tuple(pred.voxel_size)} nm"
+            raise IncompatibleError(
+                f"{name} shape {tuple(vol.shape)} differs from the prediction shape {tuple(pred.shape)}"
             )
+        check_same_voxel_size(vol.voxel_size, pred.voxel_size, f"the {name}", "the prediction")
     if len(pred.shape) != 3:
         raise ValueError(f"expected 3-D (z, y, x) volumes, got shape {tuple(pred.shape)}")
 
@@ -409,8 +431,9 @@ def analyze_coated_pits(
 ) -> CoatedPitResult:
     """Measure every coated structure (connected component of ``pred``) in ``raw``.
 
-    ``pred`` is a binary mask, a probability map (uint8 value/255 or float, foreground ≥
-    ``pred_threshold``) or a label image; ``cell_mask`` (> 0 inside the cell) decides
+    ``pred`` is a binary mask, a probability map (float, or uint8 value/255 as written by
+    ``organet predict``; foreground ≥ ``pred_threshold``) or a label image, read by
+    :func:`organet.volumes.foreground.foreground`; ``cell_mask`` (> 0 inside the cell) decides
     endocytic vs internal pits. Returns a :class:`CoatedPitResult`; raises ``ValueError`` for
     mismatched volumes or an empty prediction.
     """
@@ -422,7 +445,7 @@ def analyze_coated_pits(
     _check_volumes(pred, raw, cell_mask)
     vs = np.asarray(pred.voxel_size, dtype=float)
     shape = np.asarray(pred.shape)
-    fg = _foreground(np.asarray(pred.read()), prm.pred_threshold)
+    fg = foreground(np.asarray(pred.read()), prediction_kind(pred), prm.pred_threshold)
     labels, n_obj = ndi.label(fg, structure=np.ones((3, 3, 3)))
     if n_obj == 0:
         raise ValueError("the prediction has no foreground voxels: no coated structures to measure")
@@ -441,9 +464,20 @@ def analyze_coated_pits(
         nvox = int(obj_full.sum())
         cen = (np.argwhere(obj_full).mean(axis=0) + lo) * vs + np.asarray(pred.offset)
         row.update(
-            id=oid, n_voxels=nvox, volume_nm3=nvox * float(np.prod(vs)), stage="", location="free",
-            centroid_z_nm=cen[0], centroid_y_nm=cen[1], centroid_x_nm=cen[2],
-            bbox_z0=lo[0], bbox_y0=lo[1], bbox_x0=lo[2], bbox_z1=hi[0], bbox_y1=hi[1], bbox_x1=hi[2],
+            id=oid,
+            n_voxels=nvox,
+            volume_nm3=nvox * float(np.prod(vs)),
+            stage="",
+            location="free",
+            centroid_z_nm=cen[0],
+            centroid_y_nm=cen[1],
+            centroid_x_nm=cen[2],
+            bbox_z0=lo[0],
+            bbox_y0=lo[1],
+            bbox_x0=lo[2],
+            bbox_z1=hi[0],
+            bbox_y1=hi[1],
+            bbox_x1=hi[2],
         )
         if np.any(lo == 0) or np.any(hi == shape):
             flags.append("touches_border")
@@ -519,7 +553,7 @@ def analyze_coated_pits(
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["flags"] = table["flags"].fillna("").astype(str)
     stats = stage_endocytic_pits(table, prm.seed, notes)
-    return CoatedPitResult(table, stats, notes, tuple(float(x) for x in vs), prm, sections)
+    return CoatedPitResult(table, stats, notes, (float(vs[0]), float(vs[1]), float(vs[2])), prm, sections)
 
 
 def stage_endocytic_pits(table: pd.DataFrame, seed: int = 0, notes: list[str] | None = None) -> pd.DataFrame:
@@ -578,13 +612,8 @@ def write_outputs(result: CoatedPitResult, output_dir: str | os.PathLike[str], p
 
     def _atomic(name: str, writer: Any) -> None:
         dst = out / name
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        try:
+        with atomic_path(dst) as tmp:
             writer(tmp)
-            os.replace(tmp, dst)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         written.append(dst)
 
     _atomic("coated_pits.csv", lambda p: result.table.to_csv(p, index=False))
@@ -598,7 +627,9 @@ def write_outputs(result: CoatedPitResult, output_dir: str | os.PathLike[str], p
     t = result.table
     summary = {
         "n_objects": int(len(t)),
-        "counts": {f"{a}/{b}": int(v) for (a, b), v in t.groupby(["class", "location"]).size().items()} if len(t) else {},
+        "counts": {f"{a}/{b}": int(v) for (a, b), v in t.groupby(["class", "location"]).size().items()}
+        if len(t)
+        else {},
         "stages": {str(k): int(v) for k, v in t.loc[t["stage"] != "", "stage"].value_counts().items()},
         "notes": result.notes,
         "voxel_size_nm": list(result.voxel_size),

@@ -4,8 +4,9 @@ Steps (all geometry in physical nm, world coordinates ``offset + index * voxel_s
 axis order (z, y, x), so anisotropic voxels and prediction/raw volumes of different
 resolution are handled):
 
-1. **Pores**: connected components (26-connectivity) of ``pred >= threshold`` (uint8
-   means value/255; a 0/1 integer mask is taken as is), components smaller than
+1. **Pores**: connected components (26-connectivity) of the prediction's foreground
+   (:func:`organet.volumes.foreground.foreground`: probabilities ``>= threshold``, uint8
+   written by ``organet predict`` as value/255, masks and labels ``> 0``), components smaller than
    ``min_size_nm3`` dropped. Components touching the volume border are flagged ``border``.
 2. **Centroids** (nm) and the **envelope surface**: an alpha-shape triangulation of the
    centroids: 3-D Delaunay (Qhull, joggled so coplanar sets work), keep every Delaunay
@@ -39,13 +40,17 @@ resolution are handled):
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage, signal
 from scipy.spatial import Delaunay, QhullError, cKDTree
+
+from organet.volumes.atomic import atomic_path
+from organet.volumes.foreground import foreground, prediction_kind
 
 N_AXES = 10
 AXIS_ANGLES_DEG = np.arange(N_AXES) * 18.0
@@ -99,21 +104,9 @@ class PoreResult:
 # ---------------------------------------------------------------------------- components
 
 
-def binarize(pred: np.ndarray, threshold: float) -> np.ndarray:
-    """Foreground of a prediction: 0/1 integer masks as is, uint8 as value/255, floats as is."""
-    if pred.dtype == bool:
-        return pred
-    if np.issubdtype(pred.dtype, np.integer):
-        if pred.size and pred.max() <= 1:
-            return pred > 0
-        if pred.dtype == np.uint8:
-            return pred.astype(np.float64) / 255.0 >= threshold
-        return pred > 0  # label images: any non-zero label
-    return np.nan_to_num(pred.astype(np.float64), nan=0.0) >= threshold
-
-
-def find_pores(mask: np.ndarray, voxel_size: Sequence[float], offset: Sequence[float],
-               min_size_nm3: float) -> pd.DataFrame:
+def find_pores(
+    mask: np.ndarray, voxel_size: Sequence[float], offset: Sequence[float], min_size_nm3: float
+) -> pd.DataFrame:
     """Connected components (26-conn.) of ``mask`` >= ``min_size_nm3``: label, centroid nm, size, border."""
     vs = np.asarray(voxel_size, float)
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
@@ -129,8 +122,17 @@ def find_pores(mask: np.ndarray, voxel_size: Sequence[float], offset: Sequence[f
             sl = objs[lab - 1]
             border = any(s.start == 0 or s.stop == dim for s, dim in zip(sl, mask.shape))
             c = np.asarray(offset, float) + np.asarray(coms[lab - 1]) * vs
-            rows.append({"label": lab, "centroid_z_nm": c[0], "centroid_y_nm": c[1], "centroid_x_nm": c[2],
-                         "n_voxels": int(sizes[lab]), "volume_nm3": vol, "border": bool(border)})
+            rows.append(
+                {
+                    "label": lab,
+                    "centroid_z_nm": c[0],
+                    "centroid_y_nm": c[1],
+                    "centroid_x_nm": c[2],
+                    "n_voxels": int(sizes[lab]),
+                    "volume_nm3": vol,
+                    "border": bool(border),
+                }
+            )
     cols = ["label", "centroid_z_nm", "centroid_y_nm", "centroid_x_nm", "n_voxels", "volume_nm3", "border"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -149,7 +151,7 @@ def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float] | None:
     """Least-squares sphere (centre, radius) through ``points``; None if ill-conditioned."""
     A = np.c_[2 * points, np.ones(len(points))]
     b = (points**2).sum(1)
-    sol, *_ , sv = np.linalg.lstsq(A, b, rcond=None)
+    sol, *_, sv = np.linalg.lstsq(A, b, rcond=None)
     if sv[-1] <= 1e-9 * sv[0]:
         return None
     centre = sol[:3]
@@ -157,8 +159,9 @@ def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float] | None:
     return (centre, float(np.sqrt(r2))) if r2 > 0 else None
 
 
-def build_surface(points: np.ndarray, alpha_nm: float | None = None,
-                  nucleus_centre_nm: Sequence[float] | None = None) -> tuple[Surface | None, str | None]:
+def build_surface(
+    points: np.ndarray, alpha_nm: float | None = None, nucleus_centre_nm: Sequence[float] | None = None
+) -> tuple[Surface | None, str | None]:
     """Alpha-shape triangulation of ``points`` (n, 3) in nm. Returns (surface, problem)."""
     pts = np.asarray(points, float)
     n = len(pts)
@@ -295,7 +298,7 @@ def find_membrane_minimum(s: np.ndarray, smooth: np.ndarray, lo: float, hi: floa
     return float(s[k] + np.clip(frac, -0.5, 0.5) * (s[1] - s[0]))
 
 
-def voxel_noise(sampler: "RawSampler", centre: np.ndarray, radius_nm: float = 80.0) -> float:
+def voxel_noise(sampler: RawSampler, centre: np.ndarray, radius_nm: float = 80.0) -> float:
     """Robust per-voxel noise SD of raw around ``centre``: MAD of second differences / sqrt(6).
 
     Second differences of white noise have variance 6 sigma^2; the smooth image (and the
@@ -325,9 +328,12 @@ def _axis_profiles(sampler: RawSampler, centre: np.ndarray, frame: np.ndarray, p
     u = np.cos(ang)[:, None] * frame[0] + np.sin(ang)[:, None] * frame[1]  # (10, 3)
     v = -np.sin(ang)[:, None] * frame[0] + np.cos(ang)[:, None] * frame[1]
     n = frame[2]
-    pts = (centre + s[None, :, None, None, None] * u[:, None, None, None, :]
-           + w[None, None, :, None, None] * v[:, None, None, None, :]
-           + w[None, None, None, :, None] * n)
+    pts = (
+        centre
+        + s[None, :, None, None, None] * u[:, None, None, None, :]
+        + w[None, None, :, None, None] * v[:, None, None, None, :]
+        + w[None, None, None, :, None] * n
+    )
     vals, outside = sampler(pts)
     in_window = np.abs(s) <= p.max_diameter_nm / 2 + p.smooth_nm
     return s, u, vals.mean(axis=(2, 3)), bool(outside[:, in_window].any())
@@ -385,8 +391,9 @@ def _midplane_shift(sampler: RawSampler, centre, frame, rho_min: float, p: PoreP
     return float(coef[0])
 
 
-def measure_pore(sampler: RawSampler, centre: np.ndarray, normal: np.ndarray, p: PoreParams,
-                 keep_views: bool = True) -> dict[str, Any]:
+def measure_pore(
+    sampler: RawSampler, centre: np.ndarray, normal: np.ndarray, p: PoreParams, keep_views: bool = True
+) -> dict[str, Any]:
     """Mid-plane, 10 axis diameters and views of one pore (centre/normal in nm)."""
     frame = local_frame(normal)
     flags: list[str] = []
@@ -421,9 +428,17 @@ def measure_pore(sampler: RawSampler, centre: np.ndarray, normal: np.ndarray, p:
         flags.append("profiles_outside_raw")
     if valid.sum() < p.min_valid_axes:
         flags.append("few_valid_axes")
-    out = {"centre": c, "frame": frame, "midplane_shift_nm": shift, "diameters": diam, "noise_sd": sd,
-           "prominence": prominence,
-           "lefts": lefts, "rights": rights, "flags": flags}
+    out = {
+        "centre": c,
+        "frame": frame,
+        "midplane_shift_nm": shift,
+        "diameters": diam,
+        "noise_sd": sd,
+        "prominence": prominence,
+        "lefts": lefts,
+        "rights": rights,
+        "flags": flags,
+    }
     if keep_views:
         out["views"] = _views(sampler, c, frame, p)
         out["views"].update({"lefts": lefts, "rights": rights, "angles_deg": AXIS_ANGLES_DEG})
@@ -439,15 +454,27 @@ def _views(sampler: RawSampler, centre, frame, p: PoreParams) -> dict[str, Any]:
     ta, ga = np.meshgrid(t, g, indexing="ij")
     side1, _ = sampler(centre + ta[..., None] * frame[2] + ga[..., None] * frame[0])
     side2, _ = sampler(centre + ta[..., None] * frame[2] + ga[..., None] * frame[1])
-    return {"enface": enface.astype(np.float32), "side_e1": side1.astype(np.float32),
-            "side_e2": side2.astype(np.float32), "extent_nm": L, "depth_nm": float(t[-1])}
+    return {
+        "enface": enface.astype(np.float32),
+        "side_e1": side1.astype(np.float32),
+        "side_e2": side2.astype(np.float32),
+        "extent_nm": L,
+        "depth_nm": float(t[-1]),
+    }
 
 
 # --------------------------------------------------------------------------------- main
 
 
-def analyze_pores(pred: Any, raw: Any, min_size_nm3: float = 10_000.0, *, keep_views: bool = True,
-                  params: PoreParams | None = None, **kwargs: Any) -> PoreResult:
+def analyze_pores(
+    pred: Any,
+    raw: Any,
+    min_size_nm3: float = 10_000.0,
+    *,
+    keep_views: bool = True,
+    params: PoreParams | None = None,
+    **kwargs: Any,
+) -> PoreResult:
     """Measure every pore of ``pred`` (a Volume of pore probability/mask) on ``raw`` (a Volume).
 
     Keyword arguments are :class:`PoreParams` fields. Raises ``ValueError`` when the
@@ -458,15 +485,18 @@ def analyze_pores(pred: Any, raw: Any, min_size_nm3: float = 10_000.0, *, keep_v
     p = PoreParams(**{**p.__dict__, "min_size_nm3": min_size_nm3, **kwargs})
     if p.min_diameter_nm <= 0 or p.max_diameter_nm <= p.min_diameter_nm:
         raise ValueError(f"need 0 < min_diameter_nm < max_diameter_nm, got {p.min_diameter_nm}, {p.max_diameter_nm}")
-    arr = np.asarray(pred.read())
-    mask = binarize(arr, p.threshold)
+    mask = foreground(np.asarray(pred.read()), prediction_kind(pred), p.threshold)
     if not mask.any():
-        raise ValueError(f"the pore prediction {getattr(pred, 'path', '') or ''} is empty at threshold "
-                         f"{p.threshold}: no pores to measure".replace("  ", " "))
+        raise ValueError(
+            f"the pore prediction {getattr(pred, 'path', '') or ''} is empty at threshold "
+            f"{p.threshold}: no pores to measure".replace("  ", " ")
+        )
     comps = find_pores(mask, pred.voxel_size, pred.offset, p.min_size_nm3)
     if comps.empty:
-        raise ValueError(f"no pore of at least {p.min_size_nm3:g} nm^3 in the prediction "
-                         f"({int(mask.sum())} foreground voxels): lower --min-size-nm3")
+        raise ValueError(
+            f"no pore of at least {p.min_size_nm3:g} nm^3 in the prediction "
+            f"({int(mask.sum())} foreground voxels): lower --min-size-nm3"
+        )
     pts = comps[["centroid_z_nm", "centroid_y_nm", "centroid_x_nm"]].to_numpy()
     messages: list[str] = []
     surface, problem = build_surface(pts, p.alpha_nm, p.nucleus_centre_nm)
@@ -497,25 +527,51 @@ def analyze_pores(pred: Any, raw: Any, min_size_nm3: float = 10_000.0, *, keep_v
             if keep_views:
                 views[i + 1] = m["views"]
         valid = np.isfinite(diam)
-        row.update({
-            "centre_z_nm": centre[0], "centre_y_nm": centre[1], "centre_x_nm": centre[2],
-            "midplane_shift_nm": shift, "raw_noise_sd": sd,
-            "diameter_mean_nm": float(diam[valid].mean()) if valid.any() else np.nan,
-            "diameter_sd_nm": float(diam[valid].std(ddof=1)) if valid.sum() > 1 else np.nan,
-            "n_valid_axes": int(valid.sum()),
-            **dict(zip(AXIS_COLUMNS, diam)),
-            "flags": ";".join(flags),
-        })
+        row.update(
+            {
+                "centre_z_nm": centre[0],
+                "centre_y_nm": centre[1],
+                "centre_x_nm": centre[2],
+                "midplane_shift_nm": shift,
+                "raw_noise_sd": sd,
+                "diameter_mean_nm": float(diam[valid].mean()) if valid.any() else np.nan,
+                "diameter_sd_nm": float(diam[valid].std(ddof=1)) if valid.sum() > 1 else np.nan,
+                "n_valid_axes": int(valid.sum()),
+                **dict(zip(AXIS_COLUMNS, diam)),
+                "flags": ";".join(flags),
+            }
+        )
         rows.append(row)
     table = pd.DataFrame(rows)
-    order = ["id", "label", "centroid_z_nm", "centroid_y_nm", "centroid_x_nm", "normal_z", "normal_y", "normal_x",
-             "diameter_mean_nm", "diameter_sd_nm", "n_valid_axes", *AXIS_COLUMNS, "flags", "border",
-             "n_voxels", "volume_nm3", "centre_z_nm", "centre_y_nm", "centre_x_nm", "midplane_shift_nm", "raw_noise_sd"]
+    order = [
+        "id",
+        "label",
+        "centroid_z_nm",
+        "centroid_y_nm",
+        "centroid_x_nm",
+        "normal_z",
+        "normal_y",
+        "normal_x",
+        "diameter_mean_nm",
+        "diameter_sd_nm",
+        "n_valid_axes",
+        *AXIS_COLUMNS,
+        "flags",
+        "border",
+        "n_voxels",
+        "volume_nm3",
+        "centre_z_nm",
+        "centre_y_nm",
+        "centre_x_nm",
+        "midplane_shift_nm",
+        "raw_noise_sd",
+    ]
     table = table[order]
     nb = int(table["border"].sum())
     if nb:
         messages.append(f"{nb} pore(s) touch the volume border (flag 'border'): they may be cut")
-    return PoreResult(table, surface, views, messages, p, tuple(float(v) for v in pred.voxel_size))
+    vs = pred.voxel_size
+    return PoreResult(table, surface, views, messages, p, (float(vs[0]), float(vs[1]), float(vs[2])))
 
 
 def write_outputs(result: PoreResult, output_dir: Any, gallery: bool = False) -> dict[str, str]:
@@ -524,7 +580,6 @@ def write_outputs(result: PoreResult, output_dir: Any, gallery: bool = False) ->
     Returns {name: path}. Files are written under temporary names and renamed. Parquet
     needs pyarrow; without it a warning is issued and the Parquet file is skipped.
     """
-    import os
     from pathlib import Path
 
     from .pores_plots import write_plots
@@ -532,18 +587,16 @@ def write_outputs(result: PoreResult, output_dir: Any, gallery: bool = False) ->
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
-    tmp = out / ".pores.csv.tmp"
-    result.table.to_csv(tmp, index=False)
-    os.replace(tmp, out / "pores.csv")
+    with atomic_path(out / "pores.csv") as tmp:
+        result.table.to_csv(tmp, index=False)
     written["csv"] = str(out / "pores.csv")
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         warnings.warn("pyarrow is not installed: pores.parquet not written (pip install pyarrow)", stacklevel=2)
     else:
-        tmp = out / ".pores.parquet.tmp"
-        result.table.to_parquet(tmp, index=False)
-        os.replace(tmp, out / "pores.parquet")
+        with atomic_path(out / "pores.parquet") as tmp:
+            result.table.to_parquet(tmp, index=False)
         written["parquet"] = str(out / "pores.parquet")
     written.update(write_plots(result, out, gallery=gallery))
     return written

@@ -9,7 +9,7 @@ interior) instead of one membrane.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -27,8 +27,9 @@ def _sym_eigvals(a: list[np.ndarray]) -> np.ndarray:
 def feature_names(scales: Sequence[float] = DEFAULT_SCALES) -> list[str]:
     names = ["raw"]
     for s in scales:
-        names += [f"{n}_s{s:g}" for n in ("gauss", "gradmag", "log", "hess0", "hess1", "hess2", "std",
-                                           "st0", "st1", "st2")]
+        names += [
+            f"{n}_s{s:g}" for n in ("gauss", "gradmag", "log", "hess0", "hess1", "hess2", "std", "st0", "st1", "st2")
+        ]
     return names
 
 
@@ -39,8 +40,9 @@ def compute_features(raw: np.ndarray, scales: Sequence[float] = DEFAULT_SCALES) 
     pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
     for s in scales:
         g = ndimage.gaussian_filter(x, s, mode="reflect")
-        d1 = [ndimage.gaussian_filter(x, s, order=tuple(int(i == a) for i in range(3)), mode="reflect")
-              for a in range(3)]
+        d1 = [
+            ndimage.gaussian_filter(x, s, order=tuple(int(i == a) for i in range(3)), mode="reflect") for a in range(3)
+        ]
         grad = np.sqrt(d1[0] ** 2 + d1[1] ** 2 + d1[2] ** 2)
         hess = []
         for a, b in pairs:
@@ -55,6 +57,16 @@ def compute_features(raw: np.ndarray, scales: Sequence[float] = DEFAULT_SCALES) 
         # structure tensor: products of first derivatives smoothed at 2 sigma
         st = [ndimage.gaussian_filter(d1[a] * d1[b] * s * s, 2 * s, mode="reflect") for a, b in pairs]
         stev = _sym_eigvals(st)
-        feats += [g, grad * s, log, hev[..., 0], hev[..., 1], hev[..., 2], std, stev[..., 0], stev[..., 1],
-                  stev[..., 2]]
+        feats += [
+            g,
+            grad * s,
+            log,
+            hev[..., 0],
+            hev[..., 1],
+            hev[..., 2],
+            std,
+            stev[..., 0],
+            stev[..., 1],
+            stev[..., 2],
+        ]
     return np.stack([f.astype(np.float32, copy=False) for f in feats], -1)

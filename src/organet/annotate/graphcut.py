@@ -23,14 +23,16 @@ exported from VAST or ilastik (TIFF stacks).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from organet.annotate.features import DEFAULT_SCALES, compute_features
 from organet.volumes import Roi, Volume, VolumeError
+from organet.volumes.foreground import probability_to_uint8
 
 
 class AnnotationError(VolumeError):
@@ -187,8 +189,9 @@ def _sv_scribbles(scrib: np.ndarray, sv: np.ndarray) -> np.ndarray:
     return out
 
 
-def _train_predict(feats: np.ndarray, scrib: np.ndarray, p: GraphCutParams, rng: np.random.Generator,
-                   sv: np.ndarray | None = None) -> np.ndarray:
+def _train_predict(
+    feats: np.ndarray, scrib: np.ndarray, p: GraphCutParams, rng: np.random.Generator, sv: np.ndarray | None = None
+) -> np.ndarray:
     if sv is not None:
         prob_sv = _train_predict(_region_mean(feats, sv)[None, None], _sv_scribbles(scrib, sv)[None, None], p, rng)
         return prob_sv.ravel()[sv]
@@ -204,8 +207,12 @@ def _train_predict(feats: np.ndarray, scrib: np.ndarray, p: GraphCutParams, rng:
     X = feats.reshape(-1, feats.shape[-1])
     y = (scrib.ravel()[sel] == OBJECT).astype(np.uint8)
     rf = RandomForestClassifier(
-        n_estimators=p.n_trees, max_depth=p.max_depth, min_samples_leaf=3, class_weight="balanced",
-        random_state=p.seed, n_jobs=p.n_jobs,
+        n_estimators=p.n_trees,
+        max_depth=p.max_depth,
+        min_samples_leaf=3,
+        class_weight="balanced",
+        random_state=p.seed,
+        n_jobs=p.n_jobs,
     )
     rf.fit(X[sel], y)
     prob = np.empty(X.shape[0], np.float32)
@@ -330,8 +337,9 @@ def segment_from_scribbles(
     full[scrib == BACKGROUND] = False
     prob_full = _upsample(prob, p.downsample, raw.shape)
     t["total"] = time.perf_counter() - t0
-    return GraphCutResult(full.astype(np.uint8), prob_full, t,
-                          (int((scrib == OBJECT).sum()), int((scrib == BACKGROUND).sum())), stages)
+    return GraphCutResult(
+        full.astype(np.uint8), prob_full, t, (int((scrib == OBJECT).sum()), int((scrib == BACKGROUND).sum())), stages
+    )
 
 
 def graphcut_volume(
@@ -352,21 +360,34 @@ def graphcut_volume(
     from organet.volumes import write_ome_zarr
 
     if tuple(scribbles.shape) != tuple(raw.shape):
-        raise AnnotationError(f"scribbles {scribbles.path} have shape {tuple(scribbles.shape)} but raw "
-                              f"{raw.path} has {tuple(raw.shape)} (z, y, x)")
+        raise AnnotationError(
+            f"scribbles {scribbles.path} have shape {tuple(scribbles.shape)} but raw "
+            f"{raw.path} has {tuple(raw.shape)} (z, y, x)"
+        )
     roi = roi if roi is not None else raw.roi
     if not raw.roi.contains(roi) or roi.empty:
         raise AnnotationError(f"ROI {roi} is empty or outside the volume {raw.roi}")
     p = params or GraphCutParams()
     res = segment_from_scribbles(raw.read(roi), scribbles.read(roi), p, log)
     offset = tuple(o + r * v for o, r, v in zip(raw.offset, roi.offset, raw.voxel_size))
-    meta = {"source": raw.path, "scribbles": scribbles.path, "roi_vox": {"offset": list(roi.offset),
-            "shape": list(roi.shape)}, "graphcut": p.record(), "n_scribbled": list(res.n_scribbled)}
+    meta = {
+        "source": raw.path,
+        "scribbles": scribbles.path,
+        "roi_vox": {"offset": list(roi.offset), "shape": list(roi.shape)},
+        "graphcut": p.record(),
+        "n_scribbled": list(res.n_scribbled),
+    }
     with write_ome_zarr(output, overwrite=overwrite) as w:
         lab = w.create_image("labels", roi.shape, np.uint8, raw.voxel_size, offset, attrs={"kind": "mask", **meta})
         lab.write(lab.roi, res.labels)
         if write_probability:
-            pr = w.create_image("probability", roi.shape, np.uint8, raw.voxel_size, offset,
-                                attrs={"kind": "probability", "scale": 255, **meta})
-            pr.write(pr.roi, np.round(np.clip(res.probability, 0, 1) * 255).astype(np.uint8))
+            pr = w.create_image(
+                "probability",
+                roi.shape,
+                np.uint8,
+                raw.voxel_size,
+                offset,
+                attrs={"kind": "probability", "scale": 255, **meta},
+            )
+            pr.write(pr.roi, probability_to_uint8(res.probability))
     return res

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from organet.annotate.graphcut import BACKGROUND, OBJECT
+from organet.volumes.foreground import foreground, prediction_kind
 
 
 def merge_scribbles(old: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -33,15 +34,17 @@ def simulate_scribbles(
     inside each object cross-section, and ``background_strokes`` strokes in the background
     at least ``margin`` voxels from any object (``object_margin`` overrides the margin
     inside objects; 0 lets strokes reach the object's own membrane). Stroke voxels falling outside the allowed
-    (eroded) region are dropped, so no stroke crosses a boundary.
+    (eroded) region are dropped, so no stroke crosses a boundary. Objects are the foreground
+    of ``truth`` as :func:`organet.volumes.foreground.foreground` reads it (labels ``> 0``).
     """
+    kind = prediction_kind(truth)
     rng = np.random.default_rng(seed)
     out = np.zeros(truth.shape, np.uint8)
     fp = np.ones((2 * margin + 1,) * 2, bool)
     om = margin if object_margin is None else object_margin
     fpo = np.ones((2 * om + 1,) * 2, bool)
     for z in planes:
-        fg = truth[z] > 0
+        fg = foreground(truth[z], kind)
         inside = ndimage.binary_erosion(fg, fpo) if om else fg
         outside = ndimage.binary_erosion(~fg, fp, border_value=1) if margin else ~fg
         lab, n = ndimage.label(inside)
@@ -71,13 +74,17 @@ def simulate_corrections(
     On each plane, the wrong regions (``pred != truth``) are eroded by ``margin`` voxels; each
     remaining component of at least ``min_area`` voxels (largest first, at most
     ``max_per_plane``) gets one stroke with the true label (1 object, 2 background).
-    Returns scribbles (0/1/2) to merge with the previous ones.
+    Returns scribbles (0/1/2) to merge with the previous ones. Foreground of ``pred`` and
+    ``truth`` as :func:`organet.volumes.foreground.foreground` reads them (labels and
+    masks ``> 0``, float probabilities ``>= 0.5``).
     """
+    pred_kind, truth_kind = prediction_kind(pred), prediction_kind(truth)
     rng = np.random.default_rng(seed)
     out = np.zeros(truth.shape, np.uint8)
     fp = np.ones((2 * margin + 1,) * 2, bool)
     for z in planes:
-        wrong = (pred[z] > 0) != (truth[z] > 0)
+        fg_truth = foreground(truth[z], truth_kind)
+        wrong = foreground(pred[z], pred_kind) != fg_truth
         wrong = ndimage.binary_erosion(wrong, fp) if margin else wrong
         lab, n = ndimage.label(wrong)
         if not n:
@@ -88,14 +95,15 @@ def simulate_corrections(
             if sizes[i] < min_area:
                 break
             region = lab == i + 1
-            is_obj = (truth[z] > 0)[region].mean() > 0.5
+            is_obj = fg_truth[region].mean() > 0.5
             value = OBJECT if is_obj else BACKGROUND
-            _stroke(out[z], region & ((truth[z] > 0) == is_obj), value, length, width, rng)
+            _stroke(out[z], region & (fg_truth == is_obj), value, length, width, rng)
     return out
 
 
-def _stroke(plane: np.ndarray, allowed: np.ndarray, value: int, length: int, width: int,
-            rng: np.random.Generator) -> None:
+def _stroke(
+    plane: np.ndarray, allowed: np.ndarray, value: int, length: int, width: int, rng: np.random.Generator
+) -> None:
     ys, xs = np.nonzero(allowed)
     k = rng.integers(len(ys))
     ang = rng.uniform(0, np.pi)

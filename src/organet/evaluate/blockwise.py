@@ -3,68 +3,47 @@
 Volumes are any objects with ``.shape``, ``.dtype``, optional ``.attrs`` and either
 ``.read(tuple_of_slices) -> np.ndarray`` (``organet.volumes.Volume``) or numpy-style
 ``__getitem__`` (numpy / zarr arrays). Axis order is (z, y, x); sizes are in voxels.
+
+The volume is cut into blocks by :func:`organet.volumes.blocks.plan_blocks` and the
+blocks run through :func:`organet.blockwise.run_blocks` (in this process or on Dask);
+with a ``ledger`` folder the per-block counts are recorded, so a killed evaluation
+rerun with the same ledger resumes and gives identical totals.
 """
 
 from __future__ import annotations
 
-import itertools
+import functools
+import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from organet.evaluate._io import atomic_write_bytes
+from organet.blockwise import Ledger, Skip, run_blocks
+from organet.errors import IncompatibleError, InputError
 from organet.evaluate.exclusion import ExclusionMetric, exclusion_zone, normalize_exclusion
 from organet.evaluate.metrics import (
     Counts,
-    _check_same_shape,
     binary_counts,
     normalize_thresholds,
     sweep_counts_float,
     sweep_counts_uint8,
 )
+from organet.progress import ProgressFn
+from organet.volumes.atomic import atomic_write_text
+from organet.volumes.blocks import Block, plan_blocks
+from organet.volumes.foreground import Kind, check_threshold, foreground, prediction_kind
+from organet.volumes.roi import Roi
 
-PredKind = Literal["probability", "probability_uint8", "binary"]
+PredKind = Kind
+"""How a prediction is read (:func:`organet.volumes.foreground.prediction_kind`)."""
 
-
-def _attrs(v: Any) -> Mapping[str, Any]:
-    a = getattr(v, "attrs", None)
-    if isinstance(a, Mapping):
-        return a
-    try:
-        return dict(a) if a is not None else {}
-    except (TypeError, ValueError):
-        return {}
-
-
-def prediction_kind(pred: Any) -> PredKind:
-    """How a prediction volume is interpreted.
-
-    * float dtype → ``"probability"`` in [0, 1];
-    * uint8 with ``attrs["organet"]["kind"] == "probability"`` or ``attrs["kind"] ==
-      "probability"`` → ``"probability_uint8"`` (probability = value / 255);
-    * bool → ``"binary"`` (the mask itself); any other integer → ``"binary"`` with
-      foreground where ``> 0`` (labels / instances); thresholds are then irrelevant.
-    """
-    dtype = np.dtype(pred.dtype)
-    if np.issubdtype(dtype, np.floating):
-        return "probability"
-    if dtype == np.bool_:
-        return "binary"
-    if dtype == np.uint8:
-        attrs = _attrs(pred)
-        nested = attrs.get("organet")
-        kind = nested.get("kind") if isinstance(nested, Mapping) else None
-        if kind is None:
-            kind = attrs.get("kind")
-        return "probability_uint8" if kind == "probability" else "binary"
-    if np.issubdtype(dtype, np.integer):
-        return "binary"
-    raise TypeError(f"cannot interpret prediction of dtype {dtype}")
+STAGE = "evaluate"
 
 
 def _read(v: Any, slices: tuple[slice, ...]) -> np.ndarray:
@@ -73,10 +52,14 @@ def _read(v: Any, slices: tuple[slice, ...]) -> np.ndarray:
     return np.asarray(out)
 
 
-def _blocks(shape: Sequence[int], block_shape: Sequence[int]) -> Iterator[tuple[slice, ...]]:
-    starts = [range(0, n, b) for n, b in zip(shape, block_shape)]
-    for origin in itertools.product(*starts):
-        yield tuple(slice(o, min(o + b, n)) for o, b, n in zip(origin, block_shape, shape))
+def _check_same_shape(**volumes: Any) -> tuple[int, ...]:
+    """The common shape of ``volumes`` (None entries skipped); IncompatibleError naming both shapes otherwise."""
+    items = [(k, tuple(int(n) for n in v.shape)) for k, v in volumes.items() if v is not None]
+    ref_name, ref_shape = items[0]
+    for name, shape in items[1:]:
+        if shape != ref_shape:
+            raise IncompatibleError(f"shape mismatch: {ref_name} has shape {ref_shape} but {name} has shape {shape}")
+    return ref_shape
 
 
 def evaluate_block(
@@ -102,23 +85,56 @@ def evaluate_block(
         halo = max(exclusion) + 1
         ext = tuple(slice(max(c.start - halo, 0), min(c.stop + halo, n)) for c, n in zip(core, shape))
         inner_sl = tuple(slice(c.start - e.start, c.stop - e.start) for c, e in zip(core, ext))
-        truth_ext = _read(truth, ext) > 0
+        truth_ext = foreground(_read(truth, ext), "binary")
         keep = ~exclusion_zone(truth_ext, exclusion[0], exclusion[1], exclusion_metric)[inner_sl]
         fg = truth_ext[inner_sl]
         valid = keep if valid is None else valid & keep
     else:
-        fg = _read(truth, core) > 0
+        fg = foreground(_read(truth, core), "binary")
     p = _read(pred, core)
     if kind == "probability":
         return sweep_counts_float(p, fg, valid, thresholds)
     if kind == "probability_uint8":
         return sweep_counts_uint8(p, fg, valid, thresholds)
-    return [binary_counts(p > 0, fg, valid)]
+    return [binary_counts(foreground(p, "binary"), fg, valid)]
 
 
-def _evaluate_core(pred: Any, truth: Any, mask: Any, kind: PredKind, thresholds: tuple[float, ...],
-                   exclusion: tuple[int, int] | None, metric: ExclusionMetric, core: tuple[slice, ...]) -> Any:
-    return evaluate_block(pred, truth, mask, core, kind, thresholds, exclusion, metric)
+@dataclass(frozen=True)
+class _Job:
+    """What a worker needs for one block (picklable; volumes from files travel by path)."""
+
+    pred: Any
+    truth: Any
+    mask: Any
+    kind: PredKind
+    thresholds: tuple[float, ...]
+    exclusion: tuple[int, int] | None
+    metric: ExclusionMetric
+
+
+def _evaluate_block(job: _Job, block: Block) -> Any:
+    """Block function of the "evaluate" pass: int64 array (n, 4) of (tp, fp, fn, tn) per
+    threshold (one row for a binary prediction), or :class:`Skip` for a fully masked block."""
+    counts = evaluate_block(
+        job.pred, job.truth, job.mask, block.roi.slices(), job.kind, job.thresholds, job.exclusion, job.metric
+    )
+    if counts is None:
+        return Skip()
+    return np.array([[c.tp, c.fp, c.fn, c.tn] for c in counts], np.int64)
+
+
+def _identity(v: Any) -> Any:
+    """What identifies a volume in the ledger's run settings: its path, else a digest of an
+    in-memory array, else None (the caller's business)."""
+    if v is None:
+        return None
+    path = getattr(v, "path", "")
+    if isinstance(path, (str, os.PathLike)) and str(path):
+        return str(path)
+    data = getattr(v, "data", v)
+    if isinstance(data, np.ndarray):
+        return "sha256:" + hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+    return None
 
 
 @dataclass(frozen=True)
@@ -199,51 +215,19 @@ class EvaluationResult:
             extra=dict(d.get("extra", {})),
         )
 
-    def to_table(self, title: str | None = None) -> Any:
-        """A ``rich.table.Table`` with one row per threshold; the best row is bold."""
-        from rich.table import Table
-
-        if self.exclusion is None:
-            excl = "none"
-        else:
-            excl = f"inner={self.exclusion[0]}, outer={self.exclusion[1]} vox ({self.exclusion_metric})"
-        caption = (
-            f"shape {self.shape} (z, y, x) · exclusion {excl} · mask {'yes' if self.masked else 'no'}"
-            f" · pred {self.pred_kind} ({self.pred_dtype})"
-        )
-        table = Table(title=title or "Evaluation", caption=caption)
-        for col in ("thr", "TP", "FP", "FN", "TN", "prec", "recall", "F1", "IoU", "acc"):
-            table.add_column(col, justify="right", no_wrap=True)
-
-        def fmt(x: float) -> str:
-            return "nan" if math.isnan(x) else f"{x:.3f}"
-
-        def row(label: str, c: Counts, style: str | None = None) -> None:
-            table.add_row(
-                label,
-                f"{c.tp:,}",
-                f"{c.fp:,}",
-                f"{c.fn:,}",
-                f"{c.tn:,}",
-                fmt(c.precision),
-                fmt(c.recall),
-                fmt(c.f1),
-                fmt(c.iou),
-                fmt(c.accuracy),
-                style=style,
-            )
-
-        if self.binary is not None:
-            row("—", self.binary)
-        best = self.best_threshold
-        for t, c in self.per_threshold.items():
-            row(f"{t:g}", c, "bold" if t == best else None)
-        return table
-
     def write_json(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`to_dict` as JSON atomically (tmp file + ``os.replace``)."""
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        atomic_write_bytes(path, text.encode("utf-8"))
+        """Write :meth:`to_dict` as JSON atomically (:func:`organet.volumes.atomic.atomic_write_text`)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+
+
+def _thresholds(thresholds: Iterable[float] | float) -> tuple[float, ...]:
+    try:
+        ts = normalize_thresholds(thresholds)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"bad thresholds {thresholds!r}: {e}") from None
+    for t in ts:
+        check_threshold(t)
+    return ts
 
 
 def evaluate_volumes(
@@ -253,10 +237,13 @@ def evaluate_volumes(
     exclusion: tuple[int, int] | int | str | None = None,
     thresholds: Iterable[float] | float = (0.5,),
     block_shape: Sequence[int] = (64, 256, 256),
-    progress: bool = True,
+    progress: ProgressFn | None = None,
     exclusion_metric: ExclusionMetric = "taxicab",
     client: Any | None = None,
     retries: int = 2,
+    *,
+    ledger: str | Path | None = None,
+    overwrite: bool = False,
 ) -> EvaluationResult:
     """Voxel-wise evaluation of a predicted volume against ground truth, streamed in blocks.
 
@@ -265,64 +252,94 @@ def evaluate_volumes(
     the volume border, which is not an object boundary).
 
     Args:
-        pred: prediction volume (z, y, x); interpreted per :func:`prediction_kind`.
-            Probabilities are foreground iff ``p >= threshold`` (float64 comparison, NaN =
-            background; uint8 ``v`` means ``v / 255``).
+        pred: prediction volume (z, y, x); read per
+            :func:`organet.volumes.foreground.prediction_kind`. Probabilities are
+            foreground iff ``p >= threshold`` (float64 comparison, NaN = background;
+            uint8 ``v`` marked ``kind: probability`` means ``v / 255``); anything else is
+            a mask or labels, foreground where ``> 0``.
         truth: ground truth volume, foreground where ``> 0``.
         mask: optional volume, 0 = ignore voxel.
         exclusion: boundary exclusion ``(inner, outer)`` voxels, single width, organelle
             name in ``EXCLUSION_ZONE_WIDTHS``, or None.
-        thresholds: probability thresholds, all accumulated in one pass (ignored for
-            binary predictions).
+        thresholds: probability thresholds in [0, 1], all accumulated in one pass
+            (ignored for binary predictions).
         block_shape: block size in voxels (z, y, x); need not divide the volume shape.
-        progress: show a rich progress bar (on stderr).
+        progress: ``progress(stage, advance, total)`` callback (stage ``"evaluate"``, blocks).
         exclusion_metric: ``"taxicab"`` (default, incasem-exact) or ``"euclidean"``.
         client: a Dask ``distributed.Client``: blocks are evaluated as tasks on its
             workers (volumes opened from files travel by path), so each worker holds a
-            block at a time; the result is the same. ``retries`` per failing block;
-            blocks that still fail raise RuntimeError naming them.
+            block at a time; the result is the same.
+        retries: extra attempts per failing block.
+        ledger: a folder recording the counts of finished blocks, so a killed evaluation
+            rerun with the same ledger resumes (identical totals); removed when the
+            evaluation completes. None: nothing is recorded.
+        overwrite: start the ledger over when it records a run with other settings
+            (otherwise that raises :class:`~organet.errors.IncompatibleError`).
 
     Raises:
-        ValueError: shapes of pred / truth / mask differ, or bad block_shape / thresholds.
+        IncompatibleError: shapes of pred / truth / mask differ, or ``ledger`` records another run.
+        InputError: bad block_shape, thresholds or exclusion.
+        BlockFailures: blocks that still failed after ``retries`` (finished ones stay in the ledger).
     """
-    _check_same_shape(pred=pred, truth=truth, mask=mask)
-    shape = tuple(int(n) for n in pred.shape)
-    block_shape = tuple(int(b) for b in block_shape)
-    if len(block_shape) != len(shape) or any(b < 1 for b in block_shape):
-        raise ValueError(f"block_shape {block_shape} must have {len(shape)} positive entries for shape {shape}")
+    shape = _check_same_shape(pred=pred, truth=truth, mask=mask)
+    if len(shape) != 3:
+        raise InputError(f"expected 3-D (z, y, x) volumes, got shape {shape}")
+    try:
+        bs = tuple(int(b) for b in block_shape)
+    except (TypeError, ValueError):
+        raise InputError(f"block_shape {block_shape!r} must be 3 positive integers (z, y, x)") from None
+    if len(bs) != 3 or any(b < 1 for b in bs):
+        raise InputError(f"block_shape {tuple(block_shape)} must have 3 positive entries for shape {shape}")
+    if any(n < 1 for n in shape):
+        raise InputError(f"cannot evaluate an empty volume of shape {shape}")
     kind = prediction_kind(pred)
-    ts = normalize_thresholds(thresholds) if kind != "binary" else ()
-    excl = normalize_exclusion(exclusion)
+    ts = _thresholds(thresholds)
+    ts = ts if kind != "binary" else ()
+    try:
+        excl = normalize_exclusion(exclusion)
+    except (TypeError, ValueError) as e:
+        raise InputError(str(e)) from None
+    if exclusion_metric not in ("taxicab", "euclidean"):
+        raise InputError(f"unknown exclusion metric {exclusion_metric!r}; use 'euclidean' or 'taxicab'")
+    progress = progress if callable(progress) else None  # tolerate the old progress=False
 
+    roi = Roi((0, 0, 0), (shape[0], shape[1], shape[2]))
+    halo = max(excl) + 1 if excl is not None else 0
+    plan = plan_blocks(roi, bs, bs, context=(halo,) * 3)
+    job = _Job(pred, truth, mask, kind, ts, excl, exclusion_metric)
+    led = None
+    if ledger is not None:
+        run = {
+            "pass": "evaluate",
+            "pred": _identity(pred),
+            "truth": _identity(truth),
+            "mask": _identity(mask),
+            "shape": list(shape),
+            "pred_dtype": str(np.dtype(pred.dtype)),
+            "pred_kind": kind,
+            "thresholds": list(ts),
+            "exclusion": list(excl) if excl is not None else None,
+            "exclusion_metric": exclusion_metric,
+            "plan": plan.describe(),
+        }
+        led = Ledger.open(ledger, run, overwrite=overwrite)
+    done = run_blocks(
+        functools.partial(_evaluate_block, job),
+        plan,
+        stage=STAGE,
+        ledger=led,
+        client=client,
+        retries=retries,
+        progress=progress,
+    )
     n_res = len(ts) if kind != "binary" else 1
-    totals = [Counts()] * n_res
-    blocks = list(_blocks(shape, block_shape))
-
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), disable=not progress, transient=False) as bar:
-        task = bar.add_task("evaluating", total=len(blocks))
-        if client is not None:
-            import functools
-
-            from organet.predict.tasks import run_tasks
-
-            fn = functools.partial(_evaluate_core, pred, truth, mask, kind, ts, excl, exclusion_metric)
-            results, fails = run_tasks(fn, blocks, client, retries, "evaluate blocks")
-            if fails:
-                lines = "\n  ".join(f"block {blocks[i]}: {m}" for i, m in sorted(fails.items()))
-                raise RuntimeError(f"{len(fails)} of {len(blocks)} evaluation blocks failed:\n  {lines}")
-            for i in range(len(blocks)):  # in block order: the same sums as in-process
-                if results[i] is not None:
-                    totals = [a + b for a, b in zip(totals, results[i])]
-            bar.advance(task, len(blocks))
-        for core in blocks if client is None else ():
-            block_counts = evaluate_block(pred, truth, mask, core, kind, ts, excl, exclusion_metric)
-            if block_counts is not None:
-                totals = [a + b for a, b in zip(totals, block_counts)]
-            bar.advance(task)
-
+    total = np.zeros((n_res, 4), np.int64)
+    for entry in done.values():  # in block order: the same sums in-process, on Dask and resumed
+        if entry["status"] == "done":
+            total += np.asarray(entry["result"], np.int64).reshape(n_res, 4)
+    totals = [Counts(*(int(x) for x in row)) for row in total]
+    if led is not None:
+        led.remove()
     return EvaluationResult(
         per_threshold=dict(zip(ts, totals)) if kind != "binary" else {},
         binary=totals[0] if kind == "binary" else None,
@@ -332,6 +349,9 @@ def evaluate_volumes(
         exclusion=excl,
         exclusion_metric=exclusion_metric,
         shape=shape,
-        block_shape=block_shape,
+        block_shape=plan.block_shape,
         masked=mask is not None,
     )
+
+
+__all__ = ["EvaluationResult", "PredKind", "evaluate_block", "evaluate_volumes", "prediction_kind"]

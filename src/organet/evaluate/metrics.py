@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from organet.errors import IncompatibleError, InputError
 from organet.evaluate.exclusion import ExclusionMetric, exclusion_zone, normalize_exclusion
 
 
@@ -100,7 +101,7 @@ def _check_same_shape(**arrays: Any) -> None:
     ref_name, ref_shape = items[0]
     for name, shape in items[1:]:
         if shape != ref_shape:
-            raise ValueError(f"shape mismatch: {ref_name} has shape {ref_shape} but {name} has shape {shape}")
+            raise IncompatibleError(f"shape mismatch: {ref_name} has shape {ref_shape} but {name} has shape {shape}")
 
 
 def binary_counts(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> Counts:
@@ -129,12 +130,13 @@ def binary_counts(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None 
 
 def normalize_thresholds(thresholds: Iterable[float] | float) -> tuple[float, ...]:
     """Sorted, de-duplicated tuple of finite float thresholds (at least one)."""
-    arr = np.asarray(list(thresholds) if not np.isscalar(thresholds) else [thresholds], dtype=np.float64)
+    values = [thresholds] if isinstance(thresholds, (int, float, np.number)) else list(thresholds)
+    arr = np.asarray(values, dtype=np.float64)
     ts = sorted({float(t) for t in arr.ravel()})
     if not ts:
-        raise ValueError("at least one threshold is required")
+        raise InputError("at least one threshold is required")
     if not all(math.isfinite(t) for t in ts):
-        raise ValueError(f"thresholds must be finite, got {ts}")
+        raise InputError(f"thresholds must be finite, got {ts}")
     return tuple(ts)
 
 

@@ -8,9 +8,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from organet.evaluate._io import atomic_write_bytes
+from organet.errors import InputError
 from organet.evaluate.blockwise import EvaluationResult
 from organet.evaluate.metrics import Counts
+from organet.volumes.atomic import atomic_write_bytes
 
 
 def plot_threshold_sweep(
@@ -34,7 +35,7 @@ def plot_threshold_sweep(
 
     per = result.per_threshold if isinstance(result, EvaluationResult) else dict(result)
     if not per:
-        raise ValueError("no threshold sweep to plot (binary prediction?)")
+        raise InputError("no threshold sweep to plot (binary prediction?)")
     ts = sorted(per)
     fig = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(fig)

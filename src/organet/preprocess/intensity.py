@@ -2,11 +2,23 @@
 equalization and 3-D CLAHE, computed blockwise in bounded memory.
 
 All methods are exact blockwise: global statistics (the intensity histogram and, for
-CLAHE, one clipped histogram per contextual tile) are gathered in one streaming pass
-over the volume, after which every output voxel is a function of its own raw value
-and those statistics. CLAHE reproduces :func:`skimage.exposure.equalize_adapthist`
-on the whole volume exactly (same tile grid, reflect padding, clipping, bilinear
-interpolation and final rescale); a test checks this on a small volume.
+CLAHE, one histogram per contextual tile) are gathered in one streaming pass over the
+volume, after which every output voxel is a function of its own raw value and those
+statistics. CLAHE reproduces :func:`skimage.exposure.equalize_adapthist` on the whole
+volume exactly (same tile grid, reflect padding, clipping, bilinear interpolation and
+final rescale); a test checks this on a small volume.
+
+:func:`preprocess_volume` runs its passes on :func:`organet.blockwise.run_blocks`, in
+this process or on a Dask client through the same code (same bytes):
+
+* ``"statistics"``: one histogram per block (linear, histeq) or per CLAHE contextual
+  tile (the blocks of that pass are the tiles), summed in block order;
+* ``"clahe range"`` (CLAHE only): the minimum and maximum before skimage's final rescale;
+* ``"write"``: the uint8 output, block by block.
+
+It is resumable: the data lives in ``DST.partial`` and the finished blocks of every pass
+(with their statistics) in the ledger ``DST.progress``; rerunning the same call resumes
+and gives the same bytes; ``DST`` appears (by rename) only when complete.
 
 Arrays are (z, y, x); kernel sizes and block shapes are in voxels. The output is
 uint8 (0-255), so the training default ``Normalization(method="dtype_range")`` maps
@@ -15,17 +27,34 @@ it to [-1, 1].
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import math
-from typing import Any, Callable, Iterator, Literal, Sequence
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from organet.volumes import Roi, Volume, VolumeError
+from organet.blockwise import run_blocks
+from organet.errors import VolumeError
+from organet.progress import ProgressFn
+from organet.volumes.blocks import Block, plan_blocks
+from organet.volumes.convert import ResumableImage, write_image_block
+from organet.volumes.geometry import Shape3, as_int3
+from organet.volumes.roi import Roi
+from organet.volumes.volume import Volume
+
+if TYPE_CHECKING:  # pragma: no cover
+    from organet.blockwise import Ledger
 
 Method = Literal["none", "linear", "histeq", "clahe"]
 _NR_OF_GRAY = 2**14  # skimage's internal CLAHE grey range
+STAGES = ("statistics", "clahe range", "write")
+"""The passes of :func:`preprocess_volume` (ledger sections and progress labels)."""
 
 
 class PreprocessParams(BaseModel):
@@ -54,7 +83,8 @@ class PreprocessParams(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "PreprocessParams":
+    def _check(self) -> PreprocessParams:
+        # pydantic turns ValueError into a ValidationError naming the field
         if not self.high_percentile > self.low_percentile:
             raise ValueError(
                 f"high_percentile ({self.high_percentile}) must be greater than low_percentile ({self.low_percentile})"
@@ -77,6 +107,7 @@ class PreprocessParams(BaseModel):
 
 # -- value domain ---------------------------------------------------------------------
 
+
 def value_domain(dtype: np.dtype) -> int:
     """Number of distinct integer values the histograms use for ``dtype``.
 
@@ -88,8 +119,9 @@ def value_domain(dtype: np.dtype) -> int:
         return 256
     if dtype == np.uint16 or dtype.kind == "f":
         return 65536
-    raise VolumeError(f"contrast normalization supports uint8, uint16 and float [0, 1] volumes, got {dtype}; "
-                      "convert the volume first")
+    raise VolumeError(
+        f"contrast normalization supports uint8, uint16 and float [0, 1] volumes, got {dtype}; convert the volume first"
+    )
 
 
 def to_index(block: np.ndarray) -> np.ndarray:
@@ -110,15 +142,6 @@ def _to_uint16_scale(values: np.ndarray, domain: int) -> np.ndarray:
     return v * np.uint16(257) if domain == 256 else v
 
 
-# -- blocks ---------------------------------------------------------------------------
-
-def iter_blocks(shape: Sequence[int], block: Sequence[int]) -> Iterator[Roi]:
-    """Non-overlapping voxel ROIs of at most ``block`` covering ``shape`` (z, y, x)."""
-    ranges = [range(0, int(s), int(b)) for s, b in zip(shape, block)]
-    for start in itertools.product(*ranges):
-        yield Roi(start, tuple(min(b, s - o) for o, b, s in zip(start, block, shape)))
-
-
 def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
     """NumPy ``mode='reflect'`` source index of (possibly out-of-range) indices."""
     if n == 1:
@@ -133,11 +156,33 @@ def _read_reflected(vol: Volume, begin: Sequence[int], end: Sequence[int]) -> np
     idx = [_reflect(np.arange(b, e), n) for b, e, n in zip(begin, end, vol.shape)]
     lo = [int(i.min()) for i in idx]
     hi = [int(i.max()) + 1 for i in idx]
-    data = vol.read(Roi(lo, tuple(h - l for l, h in zip(lo, hi))))
-    return data[np.ix_(*(i - l for i, l in zip(idx, lo)))]
+    data = vol.read(Roi(as_int3(lo, "box begin"), as_int3([b - a for a, b in zip(lo, hi)], "box shape")))
+    return data[np.ix_(*(i - a for i, a in zip(idx, lo)))]
+
+
+def _histogram(values: np.ndarray, domain: int) -> np.ndarray:
+    return np.bincount(values.ravel(), minlength=domain).astype(np.int64, copy=False)
+
+
+def pack_histogram(hist: np.ndarray) -> dict[str, np.ndarray]:
+    """A histogram as its non-zero bins and counts in the smallest types (a compact block
+    result for the ledger); :func:`unpack_histogram` inverts it."""
+    nz = np.flatnonzero(hist)
+    return {
+        "values": nz.astype(np.uint8 if len(hist) <= 256 else np.uint16),
+        "counts": hist[nz].astype(np.min_scalar_type(int(hist.max(initial=0)))),
+    }
+
+
+def unpack_histogram(packed: dict[str, Any], domain: int) -> np.ndarray:
+    """The int64 histogram of ``domain`` bins of :func:`pack_histogram`'s result."""
+    hist = np.zeros(domain, np.int64)
+    hist[np.asarray(packed["values"], np.intp)] = packed["counts"]
+    return hist
 
 
 # -- statistics (one streaming pass) ------------------------------------------------
+
 
 class IntensityStats:
     """Global histogram of a volume (values in its domain) and, for CLAHE, per-tile histograms.
@@ -147,7 +192,7 @@ class IntensityStats:
     grid scikit-image uses.
     """
 
-    def __init__(self, hist: np.ndarray, tile_hist: np.ndarray | None, kernel: tuple[int, int, int] | None) -> None:
+    def __init__(self, hist: np.ndarray, tile_hist: np.ndarray | None, kernel: Shape3 | None) -> None:
         self.hist, self.tile_hist, self.kernel = hist, tile_hist, kernel
 
     @property
@@ -172,49 +217,83 @@ class IntensityStats:
         return float(lo + (hi - lo) * (pos - math.floor(pos)))
 
 
+@dataclass(frozen=True)
+class _StatsJob:
+    """A statistics block: ``vol`` read plainly, or (``tiles``) as a reflect-padded CLAHE tile."""
+
+    vol: Volume
+    domain: int
+    tiles: bool
+
+
+def _stats_block(job: _StatsJob, block: Block) -> dict[str, Any]:
+    roi = block.roi
+    if not job.tiles:
+        return {"tile": None, "inside": pack_histogram(_histogram(to_index(job.vol.read(roi)), job.domain))}
+    data = to_index(_read_reflected(job.vol, roi.offset, roi.end))
+    tile = _histogram(data, job.domain)
+    inner = roi.intersect(job.vol.roi)
+    if inner == roi:  # the tile lies inside the volume: both histograms are the same
+        return {"tile": pack_histogram(tile), "inside": None}
+    inside = data[tuple(slice(a - o, e - o) for a, e, o in zip(inner.offset, inner.end, roi.offset))]
+    return {"tile": pack_histogram(tile), "inside": pack_histogram(_histogram(inside, job.domain))}
+
+
 def gather_stats(
     vol: Volume,
     kernel: Sequence[int] | None = None,
     block: Sequence[int] = (64, 256, 256),
-    progress: Callable[[int], None] | None = None,
+    *,
+    client: Any | None = None,
+    ledger: Ledger | None = None,
+    retries: int = 2,
+    progress: ProgressFn | None = None,
 ) -> IntensityStats:
-    """One streaming pass: the global histogram, plus CLAHE tile histograms if ``kernel``.
+    """One streaming pass (stage ``"statistics"``): the global histogram, plus the CLAHE
+    tile histograms if ``kernel``.
 
-    With ``kernel`` the volume is read tile by tile (each tile once, reflect-padded
-    at the far border), otherwise in ``block``-sized pieces. Memory: one tile or block.
+    With ``kernel`` the blocks of the pass are the contextual tiles (each read once,
+    reflect-padded at the far border), otherwise ``block``-sized pieces. Block results are
+    summed in block order. Memory: one tile or block per worker, plus the histograms.
     """
     domain = value_domain(vol.dtype)
+    k = as_int3(kernel, "CLAHE kernel", minimum=1) if kernel is not None else None
+    if k is None:
+        b = as_int3(block, "block", minimum=1)
+        plan = plan_blocks(vol.roi, b, b)
+    else:  # the tiles of the reflect-padded volume
+        tiles = as_int3([math.ceil(s / kk) * kk for s, kk in zip(vol.shape, k)], "tiled shape")
+        plan = plan_blocks(Roi((0, 0, 0), tiles), k, k)
+    fn = functools.partial(_stats_block, _StatsJob(vol, domain, k is not None))
+    done = run_blocks(fn, plan, stage="statistics", ledger=ledger, client=client, retries=retries, progress=progress)
     hist = np.zeros(domain, np.int64)
-    if kernel is None:
-        for roi in iter_blocks(vol.shape, block):
-            hist += np.bincount(to_index(vol.read(roi)).ravel(), minlength=domain)
-            if progress:
-                progress(1)
-        return IntensityStats(hist, None, None)
-    k = tuple(int(v) for v in kernel)
-    n_tiles = tuple(math.ceil(s / kk) for s, kk in zip(vol.shape, k))
-    tile_hist = np.zeros((*n_tiles, domain), np.int64)
-    for t in itertools.product(*(range(n) for n in n_tiles)):
-        begin = [i * kk for i, kk in zip(t, k)]
-        end = [b + kk for b, kk in zip(begin, k)]
-        data = to_index(_read_reflected(vol, begin, end))
-        tile_hist[t] = np.bincount(data.ravel(), minlength=domain)
-        inside = tuple(slice(0, max(0, min(e, s) - b)) for b, e, s in zip(begin, end, vol.shape))
-        hist += np.bincount(data[inside].ravel(), minlength=domain)
-        if progress:
-            progress(1)
+    tile_hist = np.zeros((*plan.grid, domain), np.int64) if k is not None else None
+    for index, entry in done.items():  # block order
+        r = entry["result"]
+        if tile_hist is None:
+            hist += unpack_histogram(r["inside"], domain)
+            continue
+        tile = unpack_histogram(r["tile"], domain)
+        tile_hist[index] = tile
+        hist += tile if r["inside"] is None else unpack_histogram(r["inside"], domain)
     return IntensityStats(hist, tile_hist, k)
 
 
 # -- per-method transforms -------------------------------------------------------------
 
+
 class Transform:
-    """A blockwise transform ``raw block -> float64 in [0, 1]``; exact for any block split."""
+    """A blockwise transform ``raw block -> float64 in [0, 1]``; exact for any block split.
+
+    Built from the statistics (not kept: a Transform is small enough to send to workers).
+    CLAHE needs one more pass, :meth:`prepare`, before it can transform blocks.
+    """
 
     def __init__(self, params: PreprocessParams, stats: IntensityStats, dtype: np.dtype, shape: Sequence[int]) -> None:
-        self.params, self.stats, self.dtype = params, stats, np.dtype(dtype)
+        self.params, self.dtype = params, np.dtype(dtype)
         self.shape = tuple(int(s) for s in shape)
         self.domain = value_domain(self.dtype)
+        self._rminmax: tuple[float, float] | None = None
         m = params.method
         values = np.arange(self.domain, dtype=np.float64)
         if m == "none":
@@ -233,15 +312,16 @@ class Transform:
             cdf = np.cumsum(stats.hist).astype(np.float64) / stats.count
             self.lut = cdf
         else:
-            self._init_clahe()
+            self._init_clahe(stats)
 
     # CLAHE (scikit-image's algorithm, reproduced blockwise) ------------------------------
-    def _init_clahe(self) -> None:
+    def _init_clahe(self, st: IntensityStats) -> None:
         from skimage.exposure import rescale_intensity
         from skimage.exposure._adapthist import clip_histogram, map_histogram
 
-        p, st = self.params, self.stats
-        assert st.tile_hist is not None and st.kernel is not None
+        p = self.params
+        if st.tile_hist is None or st.kernel is None:
+            raise ValueError("CLAHE needs the tile histograms: gather_stats(..., kernel=...)")  # a defect
         k = st.kernel
         # per raw value: skimage's img_as_uint + rescale to [0, 2**14) over the global min/max, then binning
         imin = float(_to_uint16_scale(np.array([st.vmin]), self.domain)[0])
@@ -262,7 +342,6 @@ class Transform:
         maps = map_histogram(hist, 0, _NR_OF_GRAY - 1, kernel_elements)
         self.maps = maps.reshape(st.tile_hist.shape[:3] + (-1,))
         self.kernel = k
-        self._rminmax: tuple[float, float] | None = None
 
     def _clahe_raw(self, block: np.ndarray, roi: Roi) -> np.ndarray:
         """scikit-image's ``_clahe`` output (uint16, before the final rescale) for a block."""
@@ -285,17 +364,32 @@ class Transform:
             result += (mapped * coeff).astype(np.float32)
         return result.astype(np.uint16)
 
-    def prepare(self, vol: Volume, block: Sequence[int], progress: Callable[[int], None] | None = None) -> None:
-        """CLAHE only: a streaming pass for the output min/max (skimage's final rescale)."""
+    def prepare(
+        self,
+        vol: Volume,
+        block: Sequence[int],
+        *,
+        client: Any | None = None,
+        ledger: Ledger | None = None,
+        retries: int = 2,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        """CLAHE only: a streaming pass (stage ``"clahe range"``, ``block``-sized blocks) for
+        the output min/max of skimage's final rescale."""
         if self.params.method != "clahe":
             return
-        lo, hi = np.inf, -np.inf
-        for roi in iter_blocks(vol.shape, block):
-            r = self._clahe_raw(vol.read(roi), roi)
-            lo, hi = min(lo, float(r.min())), max(hi, float(r.max()))
-            if progress:
-                progress(1)
-        self._rminmax = (lo, hi)
+        b = as_int3(block, "block", minimum=1)
+        done = run_blocks(
+            functools.partial(_range_block, _RangeJob(self, vol)),
+            plan_blocks(vol.roi, b, b),
+            stage="clahe range",
+            ledger=ledger,
+            client=client,
+            retries=retries,
+            progress=progress,
+        )
+        ranges = [e["result"] for e in done.values()]
+        self._rminmax = (min(float(r[0]) for r in ranges), max(float(r[1]) for r in ranges))
 
     def __call__(self, block: np.ndarray, roi: Roi) -> np.ndarray:
         """float64 in [0, 1] for a raw block at voxel ROI ``roi`` of the volume."""
@@ -306,11 +400,23 @@ class Transform:
         if self._rminmax is None:
             raise RuntimeError("call prepare() before transforming blocks with CLAHE")
         # skimage rescales in the input's float type (float32 for float32/float16 input)
-        r = self._clahe_raw(block, roi).astype(np.float32 if self.dtype.kind == "f" and self.dtype.itemsize <= 4 else np.float64)
+        ftype = np.float32 if self.dtype.kind == "f" and self.dtype.itemsize <= 4 else np.float64
+        r = self._clahe_raw(block, roi).astype(ftype)
         lo, hi = self._rminmax
         if hi == lo:
             return np.clip(r, 0.0, 1.0)
         return rescale_intensity(r, in_range=(lo, hi), out_range=(0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class _RangeJob:
+    tf: Transform
+    vol: Volume
+
+
+def _range_block(job: _RangeJob, block: Block) -> list[float]:
+    r = job.tf._clahe_raw(job.vol.read(block.roi), block.roi)
+    return [float(r.min()), float(r.max())]
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -321,65 +427,120 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 def normalize_array(raw: np.ndarray, params: PreprocessParams, block: Sequence[int] | None = None) -> np.ndarray:
     """Normalize an in-memory (z, y, x) array; float64 in [0, 1]. ``block`` (voxels) to compute blockwise."""
     vol = Volume(raw)
-    block = tuple(block) if block is not None else vol.shape
-    stats = gather_stats(vol, params.kernel if params.method == "clahe" else None, block)
+    b = as_int3(block, "block", minimum=1) if block is not None else vol.shape
+    stats = gather_stats(vol, params.kernel if params.method == "clahe" else None, b)
     tf = Transform(params, stats, vol.dtype, vol.shape)
-    tf.prepare(vol, block)
+    tf.prepare(vol, b)
     out = np.empty(vol.shape, np.float64)
-    for roi in iter_blocks(vol.shape, block):
-        out[roi.slices()] = tf(vol.read(roi), roi)
+    for blk in plan_blocks(vol.roi, b, b):
+        out[blk.roi.slices()] = tf(vol.read(blk.roi), blk.roi)
     return out
+
+
+@dataclass(frozen=True)
+class _WriteJob:
+    tf: Transform
+    vol: Volume
+    partial: str
+
+
+def _write_block(job: _WriteJob, block: Block) -> None:
+    write_image_block(job.partial, block.roi, to_uint8(job.tf(job.vol.read(block.roi), block.roi)))
 
 
 def preprocess_volume(
     src: Volume,
-    dst: str,
+    dst: str | os.PathLike[str],
     params: PreprocessParams,
     block: Sequence[int] = (64, 256, 256),
     chunks: Sequence[int] = (64, 64, 64),
     overwrite: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: ProgressFn | None = None,
+    *,
+    client: Any | None = None,
+    retries: int = 2,
 ) -> Volume:
-    """Normalize ``src`` blockwise into a uint8 OME-Zarr image ``dst`` (written atomically).
+    """Normalize ``src`` blockwise into a uint8 OME-Zarr image ``dst``; returns it opened.
 
     ``dst`` may be a new container (``raw_clahe.zarr``) or a path inside an existing one
     (``raw.zarr/clahe``). The output keeps the voxel size and offset (nm) of ``src`` and
     records ``{"preprocess": params.record(), ...}`` in its organet metadata, which
     training and prediction compare (:func:`organet.preprocess.check_preprocess`).
-    ``block``: voxels processed at a time (z, y, x); memory is a few blocks, or one
-    CLAHE tile (``kernel``), whichever is larger.
-    """
-    from organet.volumes import write_ome_zarr
 
+    Parameters
+    ----------
+    block
+        Voxels processed at a time (z, y, x), rounded to whole ``chunks``; memory is a few
+        blocks per worker, or one CLAHE tile (``kernel``), whichever is larger.
+    chunks
+        Chunk shape of the output (voxels).
+    overwrite
+        Replace an existing ``dst`` (atomically, when the new one is complete) and start
+        over from a ledger of other settings. Without it an existing ``dst`` is refused.
+    progress
+        ``progress(stage, advance, total)`` for the stages in :data:`STAGES`.
+    client
+        A Dask ``distributed.Client``: the blocks of every pass run as tasks (same bytes
+        as in-process); None runs them here.
+    retries
+        Extra attempts per failing block; blocks that still fail raise
+        :class:`~organet.errors.BlockFailures` and a rerun resumes.
+
+    The data is written into ``DST.partial``, finished blocks (and statistics) are
+    recorded in ``DST.progress``; a killed run rerun with the same arguments resumes and
+    gives the same bytes. ``DST`` appears by rename only when complete.
+    """
     if src.attrs.get("preprocess") not in (None, {"method": "none"}):
         raise VolumeError(
             f"{src.path} is already normalized ({src.attrs['preprocess']}); normalize the raw volume instead"
         )
-    block = tuple(int(b) for b in block)
-    if any(b < 1 for b in block):
-        raise VolumeError(f"block must be >= 1 voxel on every axis, got {block}")
-    n_blocks = math.prod(math.ceil(s / b) for s, b in zip(src.shape, block))
-
-    def tick(stage: str, total: int) -> Callable[[int], None] | None:
-        if progress is None:
-            return None
-        return lambda n: progress(stage, n, total)
-
-    kernel = params.kernel if params.method == "clahe" else None
-    n_stat = math.prod(math.ceil(s / k) for s, k in zip(src.shape, kernel)) if kernel else n_blocks
-    stats = gather_stats(src, kernel, block, tick("statistics", n_stat))
-    tf = Transform(params, stats, src.dtype, src.shape)
-    tf.prepare(src, block, tick("clahe range", n_blocks))
+    domain = value_domain(src.dtype)
+    plan = plan_blocks(src.roi, chunks, as_int3(block, "block", minimum=1))
     record = params.record()
-    extra: dict[str, Any] = {"source": src.path, "source_dtype": str(src.dtype), "output": "uint8 0-255"}
+    run = {
+        "kind": "preprocess",
+        "preprocess": record,
+        "source": src.path,
+        "source_shape": list(src.shape),
+        "source_dtype": str(src.dtype),
+        "voxel_size": list(src.voxel_size),
+        "offset": list(src.offset),
+        "chunks": list(plan.chunks),
+        "block_shape": list(plan.block_shape),
+    }
+    if not src.path:  # an in-memory volume: resume only with the same data
+        run["source_sha256"] = hashlib.sha256(np.ascontiguousarray(src.read()).tobytes()).hexdigest()
+    out = ResumableImage(dst, run, overwrite=overwrite)
+    if out.complete:
+        return out.open()
+    passes: dict[str, Any] = {"client": client, "ledger": out.ledger, "retries": retries, "progress": progress}
+    if params.method == "none":
+        stats = IntensityStats(np.zeros(domain, np.int64), None, None)
+    else:
+        stats = gather_stats(src, params.kernel if params.method == "clahe" else None, plan.block_shape, **passes)
+    tf = Transform(params, stats, src.dtype, src.shape)
+    del stats
+    tf.prepare(src, plan.block_shape, **passes)
+    info: dict[str, Any] = {"source": src.path, "source_dtype": str(src.dtype), "output": "uint8 0-255"}
     if params.method == "linear":
-        extra["linear_bounds"] = list(tf.bounds)
-    with write_ome_zarr(dst, overwrite=overwrite) as w:
-        out = w.create_image(None, src.shape, np.uint8, src.voxel_size, src.offset, chunks,
-                             attrs={"preprocess": record, "preprocess_info": extra})
-        step = tick("write", n_blocks)
-        for roi in iter_blocks(src.shape, block):
-            out.write(roi, to_uint8(tf(src.read(roi), roi)))
-            if step:
-                step(1)
-    return out
+        info["linear_bounds"] = list(tf.bounds)
+    out.create(
+        src.shape, np.uint8, src.voxel_size, src.offset, plan.chunks, {"preprocess": record, "preprocess_info": info}
+    )
+    run_blocks(functools.partial(_write_block, _WriteJob(tf, src, str(out.partial))), plan, stage="write", **passes)
+    return out.commit()
+
+
+__all__ = [
+    "STAGES",
+    "IntensityStats",
+    "PreprocessParams",
+    "Transform",
+    "gather_stats",
+    "normalize_array",
+    "pack_histogram",
+    "preprocess_volume",
+    "to_uint8",
+    "unpack_histogram",
+    "value_domain",
+]

@@ -8,21 +8,32 @@ Masks are uint8 with 1 = inside / scored, 0 = outside / ignored.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Sequence
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from organet.blockwise import run_blocks
+from organet.errors import InputError
 from organet.evaluate.exclusion import exclusion_zone
-from organet.preprocess.intensity import iter_blocks
-from organet.volumes import Volume, VolumeError
+from organet.progress import ProgressFn, advance, announce
+from organet.volumes.blocks import Block, plan_blocks
+from organet.volumes.convert import ResumableImage, write_image_block
+from organet.volumes.foreground import foreground, prediction_kind
+from organet.volumes.geometry import as_int3
+from organet.volumes.ome_zarr import write_ome_zarr
+from organet.volumes.volume import Volume
 
 
 def nm3_to_voxels(size_nm3: float, voxel_size: Sequence[float]) -> int:
     """Volume in nm³ -> number of voxels (rounded up), voxel size in nm (z, y, x)."""
     if size_nm3 < 0:
-        raise VolumeError(f"sizes must be >= 0 nm³, got {size_nm3}")
+        raise InputError(f"sizes must be >= 0 nm³, got {size_nm3}")
     return int(math.ceil(size_nm3 / math.prod(voxel_size) - 1e-9))
 
 
@@ -45,9 +56,9 @@ def sample_mask_array(
     Returns uint8 0/1. Connectivity: 26 for objects, 6 for holes.
     """
     if low is None and high is None:
-        raise VolumeError("give at least one intensity threshold (low and/or high)")
+        raise InputError("give at least one intensity threshold (low and/or high)")
     if low is not None and high is not None and not high >= low:
-        raise VolumeError(f"high threshold ({high}) must be >= low threshold ({low})")
+        raise InputError(f"high threshold ({high}) must be >= low threshold ({low})")
     x = np.asarray(raw, dtype=np.float32)
     if smooth_nm > 0:
         x = ndimage.gaussian_filter(x, [smooth_nm / v for v in voxel_size])
@@ -83,58 +94,113 @@ def _faces(a: np.ndarray) -> list[np.ndarray]:
     return [a[0], a[-1], a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1]]
 
 
-def write_mask(dst: str, src: Volume, mask_fn, attrs: dict, block: Sequence[int], halo: int = 0,  # type: ignore[no-untyped-def]
-               chunks: Sequence[int] = (64, 64, 64), overwrite: bool = False) -> Volume:
-    """Write ``mask_fn(block with halo) -> uint8`` blockwise into OME-Zarr ``dst`` (atomic)."""
-    from organet.volumes import write_ome_zarr
+def sample_mask_volume(
+    src: Volume,
+    dst: str | os.PathLike[str],
+    overwrite: bool = False,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    smooth_nm: float = 0.0,
+    min_object_nm3: float = 0.0,
+    max_hole_nm3: float | None = None,
+    keep_largest: bool = False,
+    chunks: Sequence[int] = (64, 64, 64),
+    progress: ProgressFn | None = None,
+) -> Volume:
+    """:func:`sample_mask_array` of a whole Volume into OME-Zarr ``dst`` (uint8 0/1).
 
-    with write_ome_zarr(dst, overwrite=overwrite) as w:
-        out = w.create_image(None, src.shape, np.uint8, src.voxel_size, src.offset, chunks, attrs=attrs)
-        for roi in iter_blocks(src.shape, block):
-            ext = roi.grow(halo).intersect(src.roi)
-            m = mask_fn(src.read(ext))
-            inner = tuple(slice(a - b, a - b + s) for a, b, s in zip(roi.offset, ext.offset, roi.shape))
-            out.write(roi, m[inner])
-    return out
-
-
-def sample_mask_volume(src: Volume, dst: str, overwrite: bool = False, **kwargs: object) -> Volume:
-    """:func:`sample_mask_array` of a whole Volume into OME-Zarr ``dst``.
-
-    Hole filling and component sizes are global, so the volume (or the ROI of a
-    cropped Volume) is held in memory as 1 byte + 4 bytes per voxel.
+    Hole filling and component sizes are global, so the volume (or the ROI of a cropped
+    Volume) is held in memory as 1 byte + 4 bytes per voxel; the mask is then written
+    block by block (stage ``"write"``, blocks of the block plan) into a temporary
+    container renamed to ``dst`` when complete. An existing ``dst`` is refused unless
+    ``overwrite``.
     """
-    m = sample_mask_array(src.read(), src.voxel_size, **kwargs)  # type: ignore[arg-type]
-    attrs = {"kind": "sample_mask", "params": {k: v for k, v in kwargs.items()}, "source": src.path}
-    return _write_array(dst, src, m, attrs, overwrite)
-
-
-def _write_array(dst: str, like: Volume, m: np.ndarray, attrs: dict, overwrite: bool) -> Volume:
-    from organet.volumes import write_ome_zarr
-
+    params: dict[str, Any] = {
+        "low": low,
+        "high": high,
+        "smooth_nm": smooth_nm,
+        "min_object_nm3": min_object_nm3,
+        "max_hole_nm3": max_hole_nm3,
+        "keep_largest": keep_largest,
+    }
+    m = sample_mask_array(src.read(), src.voxel_size, **params)
+    attrs = {"kind": "sample_mask", "params": params, "source": src.path}
+    plan = plan_blocks(src.roi, chunks)
     with write_ome_zarr(dst, overwrite=overwrite) as w:
-        out = w.create_image(None, like.shape, np.uint8, like.voxel_size, like.offset, (64, 64, 64), attrs=attrs)
-        out.write(like.roi, m)
+        out = w.create_image(None, src.shape, np.uint8, src.voxel_size, src.offset, plan.chunks, attrs=attrs)
+        announce(progress, "write", len(plan))
+        for block in plan:
+            out.write(block.roi, m[block.roi.slices()])
+            advance(progress, "write", 1, len(plan))
     return out
+
+
+@dataclass(frozen=True)
+class _ExclusionJob:
+    truth: Volume
+    inner: int
+    outer: int
+    partial: str
+
+
+def _exclusion_block(job: _ExclusionJob, block: Block) -> None:
+    read = block.read_roi.intersect(job.truth.roi)
+    fg = foreground(job.truth.read(read), prediction_kind(job.truth))
+    keep = ~exclusion_zone(fg, job.inner, job.outer)
+    sl = tuple(slice(a - r, e - r) for a, e, r in zip(block.roi.offset, block.roi.end, read.offset))
+    write_image_block(job.partial, block.roi, keep[sl].astype(np.uint8))
 
 
 def exclusion_mask_volume(
     truth: Volume,
-    dst: str,
+    dst: str | os.PathLike[str],
     inner: int,
     outer: int,
     block: Sequence[int] = (64, 256, 256),
     overwrite: bool = False,
+    *,
+    chunks: Sequence[int] = (64, 64, 64),
+    client: Any | None = None,
+    retries: int = 2,
+    progress: ProgressFn | None = None,
 ) -> Volume:
     """Evaluation mask of ``truth``: 1 = scored, 0 = in the boundary exclusion zone.
 
+    Foreground is :func:`organet.volumes.foreground.foreground` (labels and masks ``> 0``).
     ``inner``/``outer`` in voxels (city-block distance, as :func:`organet evaluate`
-    uses); computed blockwise with a halo of ``max(inner, outer) + 1`` voxels, equal to
-    the whole-volume result. Pass it to ``organet evaluate --mask``.
+    uses); computed blockwise (stage ``"write"``; ``block`` rounded to whole ``chunks``)
+    with a context of ``max(inner, outer) + 1`` voxels, equal to the whole-volume result.
+    Runs here or on the Dask ``client``; resumable like :func:`organet.preprocess.preprocess_volume`
+    (``DST.partial`` + ledger ``DST.progress``, renamed when complete). Pass the result to
+    ``organet evaluate --mask``.
     """
     if inner < 0 or outer < 0:
-        raise VolumeError(f"exclusion widths must be >= 0 voxels, got inner={inner}, outer={outer}")
+        raise InputError(f"exclusion widths must be >= 0 voxels, got inner={inner}, outer={outer}")
     halo = max(inner, outer) + 1
+    plan = plan_blocks(truth.roi, chunks, as_int3(block, "block", minimum=1), context=(halo, halo, halo))
+    run = {
+        "kind": "exclusion_mask",
+        "source": truth.path,
+        "source_shape": list(truth.shape),
+        "voxel_size": list(truth.voxel_size),
+        "offset": list(truth.offset),
+        "exclusion_zone_vox": [inner, outer],
+        "chunks": list(plan.chunks),
+        "block_shape": list(plan.block_shape),
+    }
+    out = ResumableImage(dst, run, overwrite=overwrite)
+    if out.complete:
+        return out.open()
     attrs = {"kind": "evaluation_mask", "exclusion_zone_vox": [inner, outer], "source": truth.path}
-    return write_mask(dst, truth, lambda t: (~exclusion_zone(t > 0, inner, outer)).astype(np.uint8), attrs,
-                      block, halo, overwrite=overwrite)
+    out.create(truth.shape, np.uint8, truth.voxel_size, truth.offset, plan.chunks, attrs)
+    run_blocks(
+        functools.partial(_exclusion_block, _ExclusionJob(truth, inner, outer, str(out.partial))),
+        plan,
+        stage="write",
+        ledger=out.ledger,
+        client=client,
+        retries=retries,
+        progress=progress,
+    )
+    return out.commit()

@@ -9,9 +9,10 @@ import threading
 import warnings
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,7 +30,15 @@ ACCEPTED_FORMS = (
 _CONTAINER_SUFFIXES = {".zarr": "zarr", ".n5": "n5", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5"}
 _TIFF_SUFFIXES = {".tif", ".tiff"}
 _SLICE_SUFFIXES = _TIFF_SUFFIXES | {".png"}
-_PIL_MODES = {"L": "uint8", "1": "bool", "I;16": "uint16", "I;16B": "uint16", "I;16L": "uint16", "I": "int32", "F": "float32"}
+_PIL_MODES = {
+    "L": "uint8",
+    "1": "bool",
+    "I;16": "uint16",
+    "I;16B": "uint16",
+    "I;16L": "uint16",
+    "I": "int32",
+    "F": "float32",
+}
 
 
 @dataclass
@@ -139,7 +148,9 @@ def _open_tiff(path: Path, inner: str, mode: str) -> _Opened:
     try:
         series = tf.series[0]
         if len(tf.series) > 1:
-            warnings.warn(f"{path} has {len(tf.series)} image series; using the first, shape {series.shape}", stacklevel=3)
+            warnings.warn(
+                f"{path} has {len(tf.series)} image series; using the first, shape {series.shape}", stacklevel=3
+            )
         channel_axes = [a for a, n in zip(series.axes, series.shape) if a in "CS" and n > 1]
         if channel_axes:
             raise VolumeError(
@@ -190,7 +201,9 @@ class SliceStack(LazyArray):
     """Lazy (z, y, x) stack of 2-D image files; whole slices are decoded on demand and
     kept in a small per-instance LRU cache (``cache_bytes``)."""
 
-    def __init__(self, files: Sequence[Path], shape2d: tuple[int, int], dtype: np.dtype, cache_bytes: int = 256 * 2**20) -> None:
+    def __init__(
+        self, files: Sequence[Path], shape2d: tuple[int, int], dtype: np.dtype, cache_bytes: int = 256 * 2**20
+    ) -> None:
         self.files = list(files)
         self.shape = (len(self.files), *shape2d)
         self.dtype = np.dtype(dtype)
@@ -232,7 +245,11 @@ def list_slices(folder: Path) -> list[Path]:
     Raises VolumeError for mixed formats, names without a number, duplicate numbers or
     a gap in the numbering.
     """
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _SLICE_SUFFIXES]
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _SLICE_SUFFIXES
+    ]
     if not files:
         raise VolumeError(f"folder {folder} contains no .tif/.tiff/.png slices")
     if len({"tif" if p.suffix.lower() in _TIFF_SUFFIXES else "png" for p in files}) > 1:
@@ -280,14 +297,21 @@ def _zarr_array_meta(arr: Any) -> tuple[Vec3 | None, Vec3 | None, dict[str, Any]
     vs = next((a[k] for k in ("voxel_size", "resolution") if k in a), None)
     vs = as_vec3(vs, f"voxel size in {where}", positive=True) if vs is not None else None
     off = as_vec3(a["offset"], f"offset in {where}") if "offset" in a else None
-    return vs, off, dict(a.get(ORGANET_KEY) or {})
+    return vs, off, _organet_attrs(a)
+
+
+def _organet_attrs(attrs: Any) -> dict[str, Any]:
+    """organet's own metadata in zarr attributes (``attrs["organet"]``), {} when absent."""
+    value = attrs.get(ORGANET_KEY)
+    return dict(value) if isinstance(value, Mapping) else {}
 
 
 def _open_zarr(container: Path, inner: str, mode: str) -> _Opened:
     import zarr
 
+    zmode: Literal["r", "r+"] = "r+" if mode == "r+" else "r"
     try:
-        node = zarr.open(store=str(container), mode=mode, path=inner)
+        node = zarr.open(store=str(container), mode=zmode, path=inner)
     except Exception as e:
         where = f"{inner!r} in zarr container {container}" if inner else f"zarr container {container}"
         if isinstance(e, (FileNotFoundError, KeyError)):  # zarr's NodeNotFoundError is a FileNotFoundError
@@ -306,14 +330,16 @@ def _open_zarr(container: Path, inner: str, mode: str) -> _Opened:
                 )
             arr = node[arrays[0]]
             vs, off, attrs = _zarr_array_meta(arr)
-            return _wrap_zarr(arr, 0, vs, off, attrs or dict(node.attrs.get(ORGANET_KEY) or {}), mode, where)
+            return _wrap_zarr(arr, 0, vs, off, attrs or _organet_attrs(node.attrs), mode, where)
         ds = ms[0]["datasets"][0]
         try:
             arr = node[ds["path"]]
         except KeyError:
             raise VolumeError(f"{where}: OME-Zarr dataset {ds['path']!r} is missing") from None
+        if not isinstance(arr, zarr.Array):
+            raise VolumeError(f"{where}: OME-Zarr dataset {ds['path']!r} is a group, not an array")
         n_lead, vs, off = ome_geometry(ms[0], ds, arr.shape, where)
-        return _wrap_zarr(arr, n_lead, vs, off, dict(node.attrs.get(ORGANET_KEY) or {}), mode, where)
+        return _wrap_zarr(arr, n_lead, vs, off, _organet_attrs(node.attrs), mode, where)
     # An array: use the OME metadata of its parent image group when it has some.
     if inner:
         parent, _, name = inner.rpartition("/")
@@ -323,9 +349,9 @@ def _open_zarr(container: Path, inner: str, mode: str) -> _Opened:
         except Exception:
             ms = None
         ds = next((d for d in (ms[0]["datasets"] if ms else []) if d.get("path") == name), None)
-        if ds is not None:
+        if ms and ds is not None:
             n_lead, vs, off = ome_geometry(ms[0], ds, node.shape, where)
-            return _wrap_zarr(node, n_lead, vs, off, dict(group.attrs.get(ORGANET_KEY) or {}), mode, where)
+            return _wrap_zarr(node, n_lead, vs, off, _organet_attrs(group.attrs), mode, where)
     vs, off, attrs = _zarr_array_meta(node)
     return _wrap_zarr(node, 0, vs, off, attrs, mode, where)
 
@@ -334,7 +360,9 @@ def _wrap_zarr(arr: Any, n_lead: int, vs: Vec3 | None, off: Vec3 | None, attrs: 
     data = SqueezeLeading(arr, n_lead) if n_lead else arr
     chunks = getattr(arr, "shards", None) or arr.chunks
     chunks = tuple(chunks[n_lead:]) if len(chunks) - n_lead == 3 else None
-    return _Opened(data, vs, off, attrs, chunks, writable=mode == "r+", note=f"no voxel size in the attributes of {where}")
+    return _Opened(
+        data, vs, off, attrs, chunks, writable=mode == "r+", note=f"no voxel size in the attributes of {where}"
+    )
 
 
 # -- N5 --------------------------------------------------------------------------------
@@ -408,7 +436,9 @@ def _open_n5(container: Path, inner: str, mode: str) -> _Opened:
     if vs is None and group_attrs:
         vs, off2 = _n5_meta(group_attrs, where)
         off = off if off is not None else off2
-    return _Opened(data, vs, off, chunks=data.chunks, writable=mode == "r+", note=f"no resolution in {where}/attributes.json")
+    return _Opened(
+        data, vs, off, chunks=data.chunks, writable=mode == "r+", note=f"no resolution in {where}/attributes.json"
+    )
 
 
 class TensorStoreArray(LazyArray):
@@ -443,7 +473,9 @@ def _open_hdf5(path: Path, inner: str, mode: str) -> _Opened:
     if not isinstance(node, h5py.Dataset):
         names: list[str] = []
         if node is not None:
-            node.visititems(lambda n, obj: names.append(f"{node.name.rstrip('/')}/{n}") if isinstance(obj, h5py.Dataset) else None)
+            node.visititems(
+                lambda n, obj: names.append(f"{node.name.rstrip('/')}/{n}") if isinstance(obj, h5py.Dataset) else None
+            )
         if len(names) == 1:
             node = f[names[0]]
         else:
@@ -469,8 +501,16 @@ def _open_hdf5(path: Path, inner: str, mode: str) -> _Opened:
         f.close()
         raise
     chunks = node.chunks or (1, *node.shape[-2:])
-    return _Opened(node, vs, off, attrs, chunks if len(chunks) == 3 else None, [f.close], mode == "r+",
-                   note=f"no resolution/voxel_size/element_size_um attribute on {where}")
+    return _Opened(
+        node,
+        vs,
+        off,
+        attrs,
+        chunks if len(chunks) == 3 else None,
+        [f.close],
+        mode == "r+",
+        note=f"no resolution/voxel_size/element_size_um attribute on {where}",
+    )
 
 
 _READERS: dict[str, Callable[[Path, str, str], _Opened]] = {
@@ -522,7 +562,9 @@ def open_volume(
             )
             vs = (1.0, 1.0, 1.0)
         off = as_vec3(offset, "offset (nm)") if offset is not None else (opened.offset or (0.0, 0.0, 0.0))
-        vol = Volume(opened.data, vs, off, path=text, attrs=opened.attrs, chunks=opened.chunks, writable=opened.writable)
+        vol = Volume(
+            opened.data, vs, off, path=text, attrs=opened.attrs, chunks=opened.chunks, writable=opened.writable
+        )
     except BaseException:
         for close in opened.closers:
             close()

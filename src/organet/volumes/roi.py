@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 from organet.errors import VolumeError
 
@@ -19,20 +20,21 @@ if TYPE_CHECKING:
 _SNAP = 1e-6
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Roi:
     """A box in voxels: ``offset`` (first voxel) and ``shape``, both (z, y, x).
 
-    The offset may be negative or lie outside any volume (e.g. context padding);
-    the shape is >= 0 on every axis.
+    Built from any three integers each (tuples, lists, NumPy integers); stored as tuples
+    of ``int``. The offset may be negative or lie outside any volume (e.g. context
+    padding); the shape is >= 0 on every axis.
     """
 
     offset: Shape3
     shape: Shape3
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "offset", as_int3(self.offset, "ROI offset"))
-        object.__setattr__(self, "shape", as_int3(self.shape, "ROI shape", minimum=0))
+    def __init__(self, offset: Sequence[int], shape: Sequence[int]) -> None:
+        object.__setattr__(self, "offset", as_int3(offset, "ROI offset"))
+        object.__setattr__(self, "shape", as_int3(shape, "ROI shape", minimum=0))
 
     @property
     def end(self) -> Shape3:
@@ -68,10 +70,11 @@ class Roi:
 
     def grow(self, amount: int | Sequence[int]) -> Roi:
         """Grow by ``amount`` voxels on both sides of each axis (negative shrinks)."""
-        try:
-            a = (operator.index(amount),) * 3
-        except TypeError:
+        if isinstance(amount, Sequence) or hasattr(amount, "__len__"):  # also NumPy arrays
             a = as_int3(amount, "grow amount")
+        else:
+            n = operator.index(amount)
+            a = (n, n, n)
         shape = tuple(s + 2 * g for s, g in zip(self.shape, a))
         if any(s < 0 for s in shape):
             raise VolumeError(f"cannot shrink ROI {self} by {-min(a)} voxels per side: shape would be negative")
@@ -186,7 +189,6 @@ def parse_roi(text: str, unit: Literal["nm", "vox"], volume: Volume) -> Roi:
     if not volume.roi.contains(roi):
         extent = f"{_fmt_box(vol_b, vol_e)} ({'nm, world coordinates' if unit == 'nm' else 'voxels'})"
         raise VolumeError(
-            f"ROI {text!r} ({unit}) lies outside the volume {volume.path or '<in memory>'}, "
-            f"which spans {extent}"
+            f"ROI {text!r} ({unit}) lies outside the volume {volume.path or '<in memory>'}, which spans {extent}"
         )
     return roi

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -238,26 +240,30 @@ class Volume:
         """(begin, end) world coordinates in nm, (z, y, x)."""
         return self.roi.to_nm(self.voxel_size, self.offset)
 
-    def crop_nm(self, begin_nm: Sequence[float], end_nm: Sequence[float]) -> "Volume":
+    def crop_nm(self, begin_nm: Sequence[float], end_nm: Sequence[float]) -> Volume:
         """A lazy view of the world box ``[begin_nm, end_nm)`` (nm, z, y, x), which must
         fall on this volume's voxel grid and inside it."""
         roi = Roi.from_nm(begin_nm, end_nm, self.voxel_size, self.offset)
         back = roi.to_nm(self.voxel_size, self.offset)
         if not np.allclose(np.array(back), np.array([begin_nm, end_nm]), atol=1e-3 * min(self.voxel_size)):
             raise VolumeError(
-                f"box {fmt_vec(begin_nm)}-{fmt_vec(end_nm)} nm is not on the voxel grid of {self.path or '<in memory>'} "
-                f"(voxel size {fmt_vec(self.voxel_size)} nm, offset {fmt_vec(self.offset)} nm)"
+                f"box {fmt_vec(begin_nm)}-{fmt_vec(end_nm)} nm is not on the voxel grid of "
+                f"{self.path or '<in memory>'} (voxel size {fmt_vec(self.voxel_size)} nm, "
+                f"offset {fmt_vec(self.offset)} nm)"
             )
         return self.crop(roi)
 
-    def crop(self, roi: Roi) -> "Volume":
+    def crop(self, roi: Roi) -> Volume:
         """A lazy view of ``roi`` (voxels) as a Volume of its own: indices start at the
         ROI's corner and the offset (nm) moves to it. Writable if this volume is."""
         if not self.roi.contains(roi):
-            raise VolumeError(f"cannot crop ROI {roi}: outside volume {self.path or '<in memory>'} of shape {self.shape}")
+            raise VolumeError(
+                f"cannot crop ROI {roi}: outside volume {self.path or '<in memory>'} of shape {self.shape}"
+            )
         offset = tuple(o + r * v for o, r, v in zip(self.offset, roi.offset, self.voxel_size))
-        return Volume(Cropped(self, roi), self.voxel_size, offset, f"{self.path}[{roi}]", self.attrs,
-                      self.chunks, self.writable)
+        return Volume(
+            Cropped(self, roi), self.voxel_size, offset, f"{self.path}[{roi}]", self.attrs, self.chunks, self.writable
+        )
 
     # -- I/O -------------------------------------------------------------------------
     def _key(self, where: Roi | Key | None, action: str) -> Key:
@@ -266,7 +272,8 @@ class Volume:
         if isinstance(where, Roi):
             if not self.roi.contains(where):
                 raise VolumeError(
-                    f"cannot {action} ROI {where}: outside volume {self.path or '<in memory>'} of shape {self.shape} voxels"
+                    f"cannot {action} ROI {where}: outside volume {self.path or '<in memory>'} "
+                    f"of shape {self.shape} voxels"
                 )
             return where.slices()
         return where
@@ -338,10 +345,8 @@ class Volume:
         """Release file handles (TIFF, HDF5); later reads raise VolumeError."""
         closers, self._closers = self._closers, []
         for close in closers:
-            try:
+            with contextlib.suppress(Exception):  # closing is best effort
                 close()
-            except Exception:  # closing is best effort
-                pass
         if closers:
             self.data = Unavailable(self.shape, self.dtype, f"volume {self.path} is closed")
 

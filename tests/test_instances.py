@@ -126,8 +126,10 @@ def test_errors(tmp_path):
     res = label_instances(v, tmp_path / "a")
     assert res.objects == 0 and len(res.table) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no .partial / .progress left
-    with pytest.raises(VolumeError, match="already exists"):
-        label_instances(v, tmp_path / "a")
+    again = label_instances(v, tmp_path / "a")  # the same run: complete, nothing to do
+    assert again.objects == 0 and "already complete" in again.note
+    with pytest.raises(InputError, match="already exists"):
+        label_instances(v, tmp_path / "a", connectivity=3)
     res = label_instances(Volume(np.ones((4, 4, 4), np.uint8)), tmp_path / "a", overwrite=True)
     assert res.objects == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 

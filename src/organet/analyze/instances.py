@@ -41,8 +41,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from organet.blockwise import Ledger, run_blocks
-from organet.errors import IncompatibleError, InputError, VolumeError
+from organet.blockwise import run_blocks
+from organet.blockwise.output import ResumableOutput
+from organet.errors import IncompatibleError, InputError
 from organet.progress import ProgressFn
 from organet.volumes import Volume
 from organet.volumes.atomic import atomic_path, fsync_chunks, remove_path, replace_path, temp_sibling
@@ -68,8 +69,6 @@ COLUMNS = [
     "mean_intensity",
 ]
 
-PARTIAL_SUFFIX = ".partial"
-PROGRESS_SUFFIX = ".progress"
 STAGES = ("label", "merge faces", "relabel", "measure")
 _SCRATCH = "work/scratch.zarr"
 _MAPPING = "work/mapping.npy"
@@ -314,17 +313,15 @@ def _identity(v: Volume | None) -> Any:
     return None
 
 
-def _create_partial(partial: Path, plan: BlockPlan) -> None:
-    """A fresh ``OUTPUT.partial`` with the scratch array of the "label" pass (built aside, then renamed)."""
+def _create_scratch(folder: Path, plan: BlockPlan) -> None:
+    """The scratch array of the "label" pass in a fresh ``OUTPUT.partial``."""
     import zarr
 
-    remove_path(partial)
-    tmp = temp_sibling(partial)
-    (tmp / "work").mkdir(parents=True)
+    (folder / "work").mkdir(parents=True)
     zarr.create_array(
-        str(tmp / _SCRATCH), shape=plan.roi.shape, dtype=np.uint32, chunks=plan.block_shape, fill_value=0, zarr_format=3
+        str(folder / _SCRATCH), shape=plan.roi.shape, dtype=np.uint32, chunks=plan.block_shape, fill_value=0,
+        zarr_format=3,
     )
-    replace_path(tmp, partial)
 
 
 def _create_labels(partial: Path, mask: Volume, dtype: Any, chunks: Shape3, meta: dict[str, Any], name: str) -> None:
@@ -401,10 +398,6 @@ def label_instances(
     kind = prediction_kind(mask)
 
     output = Path(output).expanduser()
-    partial = output.with_name(output.name + PARTIAL_SUFFIX)
-    ledger_path = output.with_name(output.name + PROGRESS_SUFFIX)
-    if (output.exists() or output.is_symlink()) and not overwrite:
-        raise VolumeError(f"output already exists: {output} (pass overwrite to replace it)")
     run = {
         "pass": "instances",
         "mask": _identity(mask),
@@ -419,13 +412,13 @@ def label_instances(
         "min_size_nm3": float(min_size_nm3),
         "plan": plan.describe(),
     }
-    ledger = Ledger.open(ledger_path, run, overwrite=overwrite)
-    if ledger.created or not partial.is_dir():
-        if not ledger.created:  # a ledger without its data: start over
-            ledger.remove()
-            ledger = Ledger.open(ledger_path, run)
-        _create_partial(partial, plan)
-    resumed = sum(len(ledger.entries(s)) for s in STAGES)
+    out = ResumableOutput(output, run, overwrite=overwrite)
+    if out.complete:
+        table = pd.read_parquet(output / "objects.parquet")
+        note = "already complete: nothing to do"
+        return InstancesResult(output, len(table), 0, table, time.time() - t0, 0, note)
+    out.start(functools.partial(_create_scratch, plan=plan))
+    partial, ledger, resumed = out.partial, out.ledger, out.resumed
     job = _Job(mask, raw, kind, str(partial), plan, connectivity, threshold)
     run_pass = functools.partial(run_blocks, ledger=ledger, client=client, retries=retries, progress=progress)
 
@@ -472,15 +465,10 @@ def label_instances(
     with atomic_path(partial / "objects.parquet") as tmp:
         table.to_parquet(tmp, index=False)
     remove_path(partial / "work")
-    for left in partial.glob(".*.tmp-*"):  # temporaries of a killed run (atomic writes clean up their own otherwise)
-        remove_path(left)
-    if (output.exists() or output.is_symlink()) and not overwrite:
-        raise VolumeError(f"output appeared while labelling: {output} (pass overwrite to replace it)")
-    replace_path(partial, output)
-    ledger.remove()
+    out.commit()
     note = plan.note
     if resumed:
-        note = (note + "; " if note else "") + f"resumed an interrupted run ({resumed} blocks of {ledger_path})"
+        note = (note + "; " if note else "") + f"resumed an interrupted run ({resumed} blocks were done)"
     return InstancesResult(output, n_kept, n_comp - n_kept, table, time.time() - t0, resumed, note)
 
 

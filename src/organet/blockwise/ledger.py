@@ -126,6 +126,10 @@ class Ledger:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", stage).strip("-") or "blocks"
         return self.path / safe
 
+    def count(self) -> int:
+        """Finished blocks over all stages."""
+        return sum(1 for d in self.path.iterdir() if d.is_dir() for p in d.iterdir() if _ENTRY.match(p.name))
+
     def entries(self, stage: str) -> dict[Shape3, dict[str, Any]]:
         """Finished blocks of ``stage``: index -> ``{"status": ..., "result": ...}``."""
         d = self.stage_dir(stage)

@@ -28,11 +28,11 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 
-from organet.blockwise import Ledger, Skip, run_blocks
+from organet.blockwise import Skip, run_blocks
+from organet.blockwise.output import ResumableOutput, write_block
 from organet.errors import InputError, VolumeError
 from organet.progress import ProgressFn
 from organet.volumes import Roi, Volume, open_volume
-from organet.volumes.atomic import fsync_chunks, remove_path, replace_path, temp_sibling
 from organet.volumes.blocks import Block, plan_blocks
 from organet.volumes.foreground import probability_to_uint8, uint8_cut
 from organet.volumes.geometry import Shape3
@@ -43,9 +43,6 @@ from organet.volumes.resample import Mode
 from .predictor import Predictor
 from .sample_mask import SampleMask
 
-RUN_KEY = "organet_run"
-PARTIAL_SUFFIX = ".partial"
-PROGRESS_SUFFIX = ".progress"
 IMAGES: dict[str, Mode] = {"probability": "mean", "mask": "max"}
 
 
@@ -87,14 +84,6 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _read_run(path: Path) -> dict[str, Any] | None:
-    try:
-        run = zarr.open_group(str(path), mode="r").attrs.get(RUN_KEY)
-    except Exception:  # noqa: BLE001 - not ours / not zarr
-        return None
-    return dict(run) if isinstance(run, dict) else None
-
-
 @dataclass(frozen=True)
 class _Job:
     """Everything a worker needs for one block (picklable; volumes reopen by path)."""
@@ -112,10 +101,8 @@ def _predict_block(job: _Job, block: Block) -> Any:
         return Skip()
     u = probability_to_uint8(job.predictor.predict(job.raw, block.roi))
     sl = block.local(job.origin)
-    for name, data in (("probability", u), ("mask", (u >= job.cut).astype(np.uint8))):
-        arr = zarr.open_array(job.partial, path=f"{name}/s0", mode="r+")
-        arr[sl] = data
-        fsync_chunks(Path(job.partial) / name / "s0", sl, arr.chunks)
+    write_block(Path(job.partial) / "probability" / "s0", sl, u)
+    write_block(Path(job.partial) / "mask" / "s0", sl, (u >= job.cut).astype(np.uint8))
     return None
 
 
@@ -210,37 +197,21 @@ def predict_volume(
         **({"tta": pred.tta} if pred.tta else {}),
         **({"resampled": {"factor": list(factor), "upsampling": "linear"}} if factor != (1, 1, 1) else {}),
     }
-    partial = output.with_name(output.name + PARTIAL_SUFFIX)
-    ledger_path = output.with_name(output.name + PROGRESS_SUFFIX)
-    if output.exists() or output.is_symlink():
-        prev = _read_run(output)
-        if prev is not None and prev.get("complete") and {**prev, "complete": False} == {**run, "complete": False} \
-                and not overwrite:
-            remove_path(ledger_path)  # left over when a run ended right after its rename
-            return PredictionResult(output, roi, len(plan), 0, 0, len(plan), time.time() - t0, 0.0,
-                                    _levels(output), already_complete=True, note=note)
-        if not overwrite:
-            raise InputError(f"output already exists: {output} (pass --overwrite to replace it)")
-    ledger = Ledger.open(ledger_path, run, overwrite=overwrite)
-    if ledger.created or not partial.exists():
-        if not ledger.created:  # a ledger without its data: start over
-            ledger.remove()
-            ledger = Ledger.open(ledger_path, run)
-        remove_path(partial)
-        _create_partial(partial, run, roi.shape, ch, vol.voxel_size, offset_nm, meta, threshold)
-    resumed = len(ledger.entries("predict"))
-    done = run_blocks(functools.partial(_predict_block, _Job(pred, vol, str(partial), roi.offset, cut, sample_mask)),
-                      plan, stage="predict", ledger=ledger, client=client, retries=retries, progress=progress)
+    out = ResumableOutput(output, run, overwrite=overwrite)
+    if out.complete:
+        return PredictionResult(output, roi, len(plan), 0, 0, len(plan), time.time() - t0, 0.0, _levels(output),
+                                already_complete=True, note=note)
+    out.start(functools.partial(_create_images, shape=roi.shape, chunks=ch, voxel_size=vol.voxel_size,
+                                offset_nm=offset_nm, meta=meta, threshold=threshold))
+    resumed = len(out.ledger.entries("predict"))
+    job = _Job(pred, vol, str(out.partial), roi.offset, cut, sample_mask)
+    done = run_blocks(functools.partial(_predict_block, job), plan, stage="predict", ledger=out.ledger,
+                      client=client, retries=retries, progress=progress)
     levels = 1
     for name, mode in IMAGES.items():
-        levels = build_pyramid(str(partial / name), mode, client=client, retries=retries, ledger=ledger,
+        levels = build_pyramid(str(out.partial / name), mode, client=client, retries=retries, ledger=out.ledger,
                                progress=progress)
-    root = zarr.open_group(str(partial), mode="r+")
-    root.attrs[RUN_KEY] = {**run, "complete": True}
-    if (output.exists() or output.is_symlink()) and not overwrite:
-        raise InputError(f"output appeared while predicting: {output} (pass --overwrite to replace it)")
-    replace_path(partial, output)
-    ledger.remove()
+    out.commit()
     skipped = sum(1 for e in done.values() if e["status"] == "skipped")
     dt = time.time() - t0
     return PredictionResult(output, roi, len(plan), len(plan) - resumed, skipped, resumed, dt,
@@ -255,17 +226,15 @@ def _levels(output: Path) -> int:
         return 0
 
 
-def _create_partial(partial: Path, run: dict[str, Any], shape: Shape3, chunks: Shape3, voxel_size: Sequence[float],
-                    offset_nm: Sequence[float], meta: dict[str, Any], threshold: float) -> None:
-    tmp = temp_sibling(partial)
-    root = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
-    root.attrs[RUN_KEY] = run
+def _create_images(folder: Path, *, shape: Shape3, chunks: Shape3, voxel_size: Sequence[float],
+                   offset_nm: Sequence[float], meta: dict[str, Any], threshold: float) -> None:
+    """The empty ``probability`` and ``mask`` images of a fresh ``OUT.zarr.partial``."""
+    root = zarr.open_group(str(folder), mode="w", zarr_format=3)
     for name in IMAGES:
-        extra = {"kind": "probability", "scale": 255} if name == "probability" else {"kind": "mask",
-                                                                                       "threshold": threshold}
-        create_ome_image(root.require_group(name), shape, np.uint8, voxel_size, offset_nm, chunks,
-                         {**extra, **meta}, name=name)
-    replace_path(tmp, partial)
+        kind = {"kind": "probability", "scale": 255} if name == "probability" else {"kind": "mask",
+                                                                                      "threshold": threshold}
+        create_ome_image(root.require_group(name), shape, np.uint8, voxel_size, offset_nm, chunks, {**kind, **meta},
+                         name=name)
 
 
 __all__ = ["PredictionResult", "default_chunks", "predict_volume"]

@@ -34,17 +34,21 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import zarr
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from organet.blockwise import run_blocks
+from organet.blockwise.output import ResumableOutput, single_image, write_block
 from organet.errors import VolumeError
 from organet.progress import ProgressFn
 from organet.volumes.blocks import Block, plan_blocks
-from organet.volumes.convert import ResumableImage, write_image_block
 from organet.volumes.geometry import Shape3, as_int3
+from organet.volumes.ome_zarr import set_levels
+from organet.volumes.readers import open_volume
 from organet.volumes.roi import Roi
 from organet.volumes.volume import Volume
 
@@ -445,7 +449,7 @@ class _WriteJob:
 
 
 def _write_block(job: _WriteJob, block: Block) -> None:
-    write_image_block(job.partial, block.roi, to_uint8(job.tf(job.vol.read(block.roi), block.roi)))
+    write_block(Path(job.partial) / "s0", block.roi.slices(), to_uint8(job.tf(job.vol.read(block.roi), block.roi)))
 
 
 def preprocess_volume(
@@ -510,9 +514,12 @@ def preprocess_volume(
     }
     if not src.path:  # an in-memory volume: resume only with the same data
         run["source_sha256"] = hashlib.sha256(np.ascontiguousarray(src.read()).tobytes()).hexdigest()
-    out = ResumableImage(dst, run, overwrite=overwrite)
+    out = ResumableOutput(dst, run, overwrite=overwrite)
     if out.complete:
-        return out.open()
+        return open_volume(out.path)
+    info: dict[str, Any] = {"source": src.path, "source_dtype": str(src.dtype), "output": "uint8 0-255"}
+    attrs = {"preprocess": record, "preprocess_info": info}
+    out.start(single_image(src.shape, np.uint8, src.voxel_size, src.offset, plan.chunks, attrs, name=out.path.stem))
     passes: dict[str, Any] = {"client": client, "ledger": out.ledger, "retries": retries, "progress": progress}
     if params.method == "none":
         stats = IntensityStats(np.zeros(domain, np.int64), None, None)
@@ -521,14 +528,11 @@ def preprocess_volume(
     tf = Transform(params, stats, src.dtype, src.shape)
     del stats
     tf.prepare(src, plan.block_shape, **passes)
-    info: dict[str, Any] = {"source": src.path, "source_dtype": str(src.dtype), "output": "uint8 0-255"}
     if params.method == "linear":
         info["linear_bounds"] = list(tf.bounds)
-    out.create(
-        src.shape, np.uint8, src.voxel_size, src.offset, plan.chunks, {"preprocess": record, "preprocess_info": info}
-    )
+        set_levels(zarr.open_group(str(out.partial), mode="r+"), 1, attrs)
     run_blocks(functools.partial(_write_block, _WriteJob(tf, src, str(out.partial))), plan, stage="write", **passes)
-    return out.commit()
+    return open_volume(out.commit())
 
 
 __all__ = [

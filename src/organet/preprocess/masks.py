@@ -13,20 +13,22 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from organet.blockwise import run_blocks
+from organet.blockwise.output import ResumableOutput, single_image, write_block
 from organet.errors import InputError
 from organet.evaluate.exclusion import exclusion_zone
 from organet.progress import ProgressFn, advance, announce
 from organet.volumes.blocks import Block, plan_blocks
-from organet.volumes.convert import ResumableImage, write_image_block
 from organet.volumes.foreground import foreground, prediction_kind
 from organet.volumes.geometry import as_int3
 from organet.volumes.ome_zarr import write_ome_zarr
+from organet.volumes.readers import open_volume
 from organet.volumes.volume import Volume
 
 
@@ -149,7 +151,7 @@ def _exclusion_block(job: _ExclusionJob, block: Block) -> None:
     fg = foreground(job.truth.read(read), prediction_kind(job.truth))
     keep = ~exclusion_zone(fg, job.inner, job.outer)
     sl = tuple(slice(a - r, e - r) for a, e, r in zip(block.roi.offset, block.roi.end, read.offset))
-    write_image_block(job.partial, block.roi, keep[sl].astype(np.uint8))
+    write_block(Path(job.partial) / "s0", block.roi.slices(), keep[sl].astype(np.uint8))
 
 
 def exclusion_mask_volume(
@@ -189,11 +191,12 @@ def exclusion_mask_volume(
         "chunks": list(plan.chunks),
         "block_shape": list(plan.block_shape),
     }
-    out = ResumableImage(dst, run, overwrite=overwrite)
+    out = ResumableOutput(dst, run, overwrite=overwrite)
     if out.complete:
-        return out.open()
+        return open_volume(out.path)
     attrs = {"kind": "evaluation_mask", "exclusion_zone_vox": [inner, outer], "source": truth.path}
-    out.create(truth.shape, np.uint8, truth.voxel_size, truth.offset, plan.chunks, attrs)
+    out.start(single_image(truth.shape, np.uint8, truth.voxel_size, truth.offset, plan.chunks, attrs,
+                           name=out.path.stem))
     run_blocks(
         functools.partial(_exclusion_block, _ExclusionJob(truth, inner, outer, str(out.partial))),
         plan,
@@ -203,4 +206,4 @@ def exclusion_mask_volume(
         retries=retries,
         progress=progress,
     )
-    return out.commit()
+    return open_volume(out.commit())

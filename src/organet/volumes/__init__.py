@@ -6,8 +6,9 @@ convert anything to OME-Zarr with :func:`convert_volume`. Regions are :class:`Ro
 boxes in voxels; :func:`parse_roi` reads ``"z0:z1,y0:y1,x0:x1"`` in nm or voxels.
 """
 
-from .convert import convert_volume
 from organet.errors import VolumeError
+
+from .convert import convert_volume
 from .ome_zarr import OmeZarrWriter, write_ome_zarr
 from .readers import ACCEPTED_FORMS, open_volume
 from .roi import Roi, parse_roi

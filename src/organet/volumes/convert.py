@@ -1,156 +1,28 @@
-"""Streaming conversion of any readable volume to OME-Zarr 0.5, and :class:`ResumableImage`,
-the resumable write of one OME-Zarr image by blocks that conversion, preprocessing and
-masks share.
-
-A :class:`ResumableImage` keeps its data in ``DST.partial`` and its finished blocks in the
-ledger ``DST.progress`` (:class:`organet.blockwise.Ledger`, with the run's settings). A
-killed run rerun with the same settings resumes; ``DST`` appears (by rename) only when
-complete, so nothing half-written looks complete.
-"""
+"""Streaming conversion of any readable volume to OME-Zarr 0.5, resumable
+(:class:`organet.blockwise.output.ResumableOutput`)."""
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import zarr
-
-from organet.errors import InputError, VolumeError
+from organet.errors import VolumeError
 from organet.progress import ProgressFn
 
-from .atomic import fsync_chunks, remove_path, replace_path, temp_sibling
 from .blocks import Block, plan_blocks
 from .geometry import as_int3
-from .ome_zarr import create_ome_image
 from .readers import open_volume
 from .resample import DownsampledVolume, Mode, as_factor, downsampled_geometry
 from .roi import Roi
 from .volume import Volume
 
 if TYPE_CHECKING:  # pragma: no cover
-    from organet.blockwise import Ledger
+    pass
 
-RUN_KEY = "organet_run"  # group attribute: the settings of the run that wrote the image
-PARTIAL_SUFFIX = ".partial"
-PROGRESS_SUFFIX = ".progress"
-
-
-def _read_run(path: Path) -> dict[str, Any] | None:
-    try:
-        run = zarr.open_group(str(path), mode="r").attrs.get(RUN_KEY)
-    except Exception:  # noqa: BLE001 - not ours / not zarr
-        return None
-    return dict(run) if isinstance(run, dict) else None
-
-
-def write_image_block(partial: str | os.PathLike[str], roi: Roi, data: np.ndarray) -> None:
-    """Write ``data`` at ``roi`` (voxels) of the image ``s0`` in ``partial`` and make its
-    chunks durable (call from a block function, before its ledger entry is written)."""
-    arr = zarr.open_array(str(partial), path="s0", mode="r+")
-    sl = roi.slices()
-    arr[sl] = data
-    fsync_chunks(Path(partial) / "s0", sl, arr.chunks)
-
-
-class ResumableImage:
-    """One OME-Zarr 0.5 image (at the root of ``dst``) written by blocks, resumably.
-
-    ``run`` (JSON) holds every setting that determines the bytes; it is recorded in the
-    ledger ``DST.progress`` and in the image's group attributes (``organet_run``).
-
-    * ``dst`` exists: refused (:class:`~organet.errors.InputError`) unless ``overwrite``,
-      except when it holds this very run and its ledger is still there (a run that ended
-      between its rename and removing the ledger): then :attr:`complete` is True.
-    * a ledger of another run: refused unless ``overwrite`` (then it starts over).
-
-    Use: open; run the passes with ``ledger=self.ledger``; :meth:`create` the image; run
-    the write pass with block functions that call :func:`write_image_block` on
-    ``str(self.partial)``; :meth:`commit`.
-    """
-
-    def __init__(self, dst: str | os.PathLike[str], run: dict[str, Any], overwrite: bool = False) -> None:
-        from organet.blockwise import Ledger
-
-        self.path = Path(dst).expanduser()
-        self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
-        self.ledger_path = self.path.with_name(self.path.name + PROGRESS_SUFFIX)
-        self.run: dict[str, Any] = json.loads(json.dumps(run))
-        self.overwrite = overwrite
-        self.complete = False
-        self.ledger: Ledger | None = None
-        if self.path.exists() or self.path.is_symlink():
-            if not overwrite and _read_run(self.path) == self.run and self._ledger_run() == self.run:
-                remove_path(self.ledger_path)  # the run was renamed into place just before it ended
-                self.complete = True
-                return
-            if not overwrite:
-                raise InputError(f"output already exists: {self.path} (pass --overwrite to replace it)")
-        self.ledger = Ledger.open(self.ledger_path, self.run, overwrite=overwrite)
-
-    def _ledger_run(self) -> dict[str, Any] | None:
-        """The settings recorded in a ledger at ``DST.progress`` (None: none or unreadable)."""
-        try:
-            run = json.loads((self.ledger_path / "ledger.json").read_text()).get("run")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return run if isinstance(run, dict) else None
-
-    def _ledger(self) -> Ledger:
-        if self.ledger is None:
-            raise ValueError(f"{self.path} is already complete")  # a defect in the caller
-        return self.ledger
-
-    def create(
-        self,
-        shape: Sequence[int],
-        dtype: Any,
-        voxel_size: Sequence[float],
-        offset: Sequence[float],
-        chunks: Sequence[int],
-        attrs: dict[str, Any],
-        *,
-        stage: str = "write",
-        fill_value: Any = 0,
-    ) -> None:
-        """Create ``DST.partial`` with an empty image ``s0`` (``attrs`` under ``"organet"``),
-        unless a partial of this run with finished blocks of ``stage`` is there to resume."""
-        ledger = self._ledger()
-        if self.partial.is_dir() and _read_run(self.partial) == self.run and ledger.entries(stage):
-            return
-        remove_path(ledger.stage_dir(stage))  # blocks recorded without their data: redo them
-        remove_path(self.partial)
-        tmp = temp_sibling(self.partial)
-        try:
-            root = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
-            create_ome_image(
-                root, shape, dtype, voxel_size, offset, chunks, attrs, name=self.path.stem, fill_value=fill_value
-            )
-            root.attrs[RUN_KEY] = self.run
-            replace_path(tmp, self.partial)
-        except BaseException:
-            remove_path(tmp)
-            raise
-
-    def commit(self) -> Volume:
-        """Rename the finished partial to ``dst`` (replacing it if ``overwrite``), drop the
-        ledger and return the result opened read-only."""
-        ledger = self._ledger()
-        if (self.path.exists() or self.path.is_symlink()) and not self.overwrite:
-            raise InputError(f"output appeared while writing: {self.path} (pass --overwrite to replace it)")
-        replace_path(self.partial, self.path)
-        ledger.remove()
-        self.complete = True
-        return self.open()
-
-    def open(self) -> Volume:
-        """The finished image."""
-        return open_volume(self.path)
 
 
 @dataclass(frozen=True)
@@ -160,7 +32,9 @@ class _CopyJob:
 
 
 def _copy_block(job: _CopyJob, block: Block) -> None:
-    write_image_block(job.partial, block.roi, job.reader.read(block.roi))
+    from organet.blockwise.output import write_block
+
+    write_block(Path(job.partial) / "s0", block.roi.slices(), job.reader.read(block.roi))
 
 
 def convert_volume(
@@ -191,11 +65,12 @@ def convert_volume(
     ``max``); see :mod:`organet.volumes.resample`.
 
     The blocks run on :func:`organet.blockwise.run_blocks` (stage ``"convert"``): here, or
-    on the Dask ``client``. The write is resumable and atomic (:class:`ResumableImage`:
+    on the Dask ``client``. The write is resumable and atomic (:class:`~organet.blockwise.output.ResumableOutput`:
     ``DST.partial`` + ledger ``DST.progress``, renamed when complete); ``progress`` gets
     ``progress(stage, advance, total)``. Returns the opened result.
     """
     from organet.blockwise import run_blocks
+    from organet.blockwise.output import ResumableOutput, single_image
 
     if isinstance(progress, bool):  # transitional: callers of the former progress=True/False flag
         progress = None
@@ -238,10 +113,10 @@ def convert_volume(
             "chunks": list(plan.chunks),
             "block_shape": list(plan.block_shape),
         }
-        out = ResumableImage(dst, run, overwrite=overwrite)
+        out = ResumableOutput(dst, run, overwrite=overwrite)
         if out.complete:
-            return out.open()
-        out.create(shape, source.dtype, vs, out_offset, plan.chunks, attrs, stage="convert")
+            return open_volume(out.path)
+        out.start(single_image(shape, source.dtype, vs, out_offset, plan.chunks, attrs, name=out.path.stem))
         run_blocks(
             functools.partial(_copy_block, _CopyJob(reader, str(out.partial))),
             plan,
@@ -251,9 +126,9 @@ def convert_volume(
             retries=retries,
             progress=progress,
         )
-        return out.commit()
+        return open_volume(out.commit())
     finally:
         source.close()
 
 
-__all__ = ["PARTIAL_SUFFIX", "PROGRESS_SUFFIX", "RUN_KEY", "ResumableImage", "convert_volume", "write_image_block"]
+__all__ = ["convert_volume"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path

@@ -153,7 +153,9 @@ def test_mirror_transpose_only_is_exact_flip_and_permutation():
 
 def test_transpose_only_among_given_axes():
     cfg = AugmentConfig(mirror=False, elastic=False, rotate_xy=False, intensity=False)
-    perms = {sample_params(IN, OUT, cfg, np.random.default_rng(s), transpose_axes=(1, 2)).permutation for s in range(40)}
+    perms = {
+        sample_params(IN, OUT, cfg, np.random.default_rng(s), transpose_axes=(1, 2)).permutation for s in range(40)
+    }
     assert perms == {(0, 1, 2), (0, 2, 1)}
     # z-distinct data: every z slice has its own offset, so mixing z in would be visible
     up = (30, 30, 30)
@@ -215,7 +217,7 @@ def test_elastic_only_is_bounded_smooth_deformation():
     p = sample_params(IN, OUT, cfg, np.random.default_rng(0))
     assert p.angle == 0 and p.jitter is not None and p.jitter.shape == (3, 4, 4, 4)
     d = coordinate_map(IN, up, p, cfg) - coordinate_map(IN, up, AugmentParams(), cfg)
-    assert 0.3 < np.abs(d).mean() and np.abs(d).max() <= cfg.elastic_margin
+    assert np.abs(d).mean() > 0.3 and np.abs(d).max() <= cfg.elastic_margin
     assert np.abs(np.diff(d, axis=3)).max() < 1.0  # neighbouring voxels move together
 
 
@@ -281,3 +283,34 @@ def test_deterministic_given_seed():
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a[0], c[0])
+
+
+# --------------------------------------------------------------------------- one schema: the config's augment section
+
+
+def test_the_config_section_is_the_augmenter_settings():
+    from pydantic import ValidationError
+
+    from organet.config import ConfigError, parse_config
+
+    cfg = parse_config({"data": {"train": [{"raw": "r.tif", "labels": "l.tif"}]}, "augment": {"jitter_sigma": 3}})
+    assert isinstance(cfg.augment, AugmentConfig) and cfg.augment.elastic_margin == 12
+    with pytest.raises(ConfigError, match="augment.intensity_scale"):
+        parse_config({"data": {"train": [{"raw": "r", "labels": "l"}]}, "augment": {"intensity_scale": [1.2, 0.8]}})
+    with pytest.raises(ConfigError, match="augment.elastc: unknown key"):
+        parse_config({"data": {"train": [{"raw": "r", "labels": "l"}]}, "augment": {"elastc": False}})
+    with pytest.raises(ValidationError):
+        AugmentConfig(control_point_spacing=0)
+
+
+def test_settings_for_a_voxel_size():
+    a = AugmentConfig()
+    assert a.for_voxel_size((5, 5, 5)) == a and a.transpose_axes((5, 5, 5)) == (0, 1, 2)
+    aniso = a.for_voxel_size((10, 5, 5))  # z differs: y and x still mix, rotation in y-x is fine
+    assert aniso.transpose and aniso.rotate_xy and a.transpose_axes((10, 5, 5)) == (1, 2)
+    odd = a.for_voxel_size((5, 4, 6))  # no two axes alike, y-x voxels not square
+    assert not odd.transpose and not odd.rotate_xy and a.transpose_axes((5, 4, 6)) == ()
+    assert a.transpose_axes((5, 5, 5.001)) == (0, 1, 2)  # 1e-3 relative tolerance
+    off = AugmentConfig(transpose=False, rotate_xy=False).for_voxel_size((5, 5, 5))
+    assert not off.transpose and not off.rotate_xy
+    assert a.rotate_xy and a.transpose  # the original is unchanged

@@ -3,6 +3,7 @@ including a kill -9 of the client mid-run and a resume."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from organet.blockwise.faults import ENV
 from organet.cli import app
 from organet.model.checkpoint import Checkpoint, save_checkpoint
 from organet.model.unet import UNet, UNetConfig
@@ -96,25 +98,22 @@ def test_predict_cli_errors(files, tmp_path, monkeypatch):
     base = ["predict", "--model", files / "model.pt", "--input", files / "raw.zarr", "--output", tmp_path / "e.zarr",
             *TILE, "--device", "cpu"]
     for extra, msg in ((["--cluster", "k8s"], "unknown cluster"), (["--queue", "gpu"], "applies to --cluster"),
-                       (["--block", "30", "64", "64"], "whole multiple"), (["--mask-rule", "big"], "mask rule"),
+                       (["--mask-rule", "big"], "mask rule"), (["--threshold", "1.5"], "threshold"),
                        (["--tta", "spin"], "test-time augmentation")):
         r = invoke(*base, *extra)
         assert r.exit_code == 2 and "error:" in r.output and msg in r.output, (extra, r.output)
+    # a block shape that is not whole chunks is rounded, and the rounding reported
+    r = invoke(*base[:6], tmp_path / "r.zarr", *TILE, "--device", "cpu", "--chunks", 16, 16, 16, "--block", 30, 64, 64)
+    assert r.exit_code == 0 and "note: block shape (30, 64, 64) rounded to (32, 64, 64)" in r.output, r.output
+    same(tmp_path / "r.zarr", files / "ref.zarr")
     # a block that keeps failing: exit 1, named; the finished blocks stay for a rerun
-    import organet.predict.blockwise as bw
-
-    real = bw.predict_block
-
-    def flaky(job, index):
-        if index == (0, 1, 0):
-            raise OSError("disk full")
-        return real(job, index)
-
-    monkeypatch.setattr(bw, "predict_block", flaky)
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps([{"stage": "predict", "blocks": [[0, 1, 0]], "counter_dir": str(tmp_path / "c")}]))
+    monkeypatch.setenv(ENV, str(faults))
     r = invoke(*base, "--chunks", 32, 32, 32, "--block", "32", "32", "64", "--retries", "1")
-    assert r.exit_code == 1 and "block (0, 1, 0)" in r.output and "disk full" in r.output, r.output
+    assert r.exit_code == 1 and "block 0_1_0" in r.output and "injected failure" in r.output, r.output
     assert not (tmp_path / "e.zarr").exists() and (tmp_path / "e.zarr.partial").exists()
-    monkeypatch.setattr(bw, "predict_block", real)
+    monkeypatch.delenv(ENV)
     r = invoke(*base, "--chunks", 32, 32, 32, "--block", "32", "32", "64")
     assert r.exit_code == 0 and "1 done before" in r.output, r.output
     same(tmp_path / "e.zarr", files / "ref.zarr")
@@ -131,16 +130,16 @@ def test_kill_9_of_the_client_then_resume(files, tmp_path):
            "--block", "16", "16", "16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    done = tmp_path / "k.zarr.progress"
+    done = tmp_path / "k.zarr.progress" / "predict"
     try:
         t0 = time.time()
-        while not (done.is_dir() and len(list(done.iterdir())) >= 3) and time.time() - t0 < 60:
+        while not (done.is_dir() and len(list(done.glob("*.json"))) >= 3) and time.time() - t0 < 60:
             assert p.poll() is None, "finished before it could be killed"
             time.sleep(0.05)
         p.send_signal(signal.SIGKILL)
     finally:
         p.wait()
-    n_done = len(list(done.iterdir()))
+    n_done = len(list(done.glob("*.json")))
     assert 3 <= n_done < 32 and not out.exists()
     r = invoke(*cmd[3:])
     assert r.exit_code == 0, r.output

@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from organet.analyze import analyze_coated_pits, make_coated_pit_phantom, write_outputs
-from organet.analyze.coated_pits_cli import coated_pits_command
+from organet.cli.analyze import coated_pits as coated_pits_command
 from organet.volumes import Volume, write_ome_zarr
 
 VOX = 5.0

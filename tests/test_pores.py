@@ -17,7 +17,7 @@ from organet.analyze.pores import (
     pore_normals,
     write_outputs,
 )
-from organet.analyze.pores_cli import pores_command
+from organet.cli.analyze import pores as pores_command
 from organet.analyze.pores_phantom import make_pore_phantom
 from organet.volumes import Volume, write_ome_zarr
 

@@ -169,7 +169,7 @@ def test_predictor_equals_untiled_forward_pass(tile):
 def test_roi_prediction_uses_real_context_and_does_not_depend_on_the_roi():
     net = lively(CFG2)
     raw = np.random.default_rng(2).integers(0, 255, (60, 70, 80), dtype=np.uint8)
-    pred = Predictor.from_model(net, (5, 5, 5), Normalization(), tile=(52, 52, 52))
+    pred = Predictor.from_model(net, (5, 5, 5), Normalization(), tile=(52, 52, 52), anchor=(0, 0, 0))
     full = pred.predict(ArrayVolume(raw), Roi((0, 0, 0), raw.shape))
     roi = Roi((25, 21, 30), (20, 30, 33))
     part = pred.predict(ArrayVolume(raw), roi)
@@ -183,6 +183,8 @@ def test_tile_grid_steps_and_errors():
     assert grid.tile_out == (110, 110, 110) and grid.step == (104, 104, 104) and grid.context == (47, 47, 47)
     origin, shape, starts = grid.covering((100, 0, 5), (300, 250, 111))
     assert origin == (0, 0, 0) and shape == (312, 312, 208) and len(starts) == 3 * 3 * 2
+    origin, shape, starts = grid.covering((100, 0, 5), (300, 250, 111), anchor=(100, 0, 5))
+    assert origin == (100, 0, 5) and shape == (208, 312, 208) and len(starts) == 2 * 3 * 2
     with pytest.raises(InputError, match="not a valid network input.*valid sizes"):
         tile_grid(UNetConfig(), (200, 200, 200))
     assert default_chunks((104, 104, 16)) == (52, 52, 64)  # the ASEM step 104 with 64^3 chunks: lcm 1664

@@ -50,7 +50,7 @@ def _weights(path):
 
 
 def test_training_writes_checkpoints_metrics_and_plot(data, tmp_path):
-    res = train(_cfg(data, tmp_path / "run"), progress=False, log=lambda s: None)
+    res = train(_cfg(data, tmp_path / "run"), log=lambda s: None)
     assert res.iteration == 6
     ckpts = sorted((tmp_path / "run" / "checkpoints").glob("iter_*.pt"))
     assert [c.name for c in ckpts] == ["iter_0000003.pt", "iter_0000006.pt"]
@@ -70,12 +70,12 @@ def test_training_writes_checkpoints_metrics_and_plot(data, tmp_path):
 
 
 def test_resume_continues_iterations_and_equals_uninterrupted_run(data, tmp_path):
-    train(_cfg(data, tmp_path / "straight"), progress=False, log=lambda s: None)
-    train(_cfg(data, tmp_path / "split", iterations=3), progress=False, log=lambda s: None)
+    train(_cfg(data, tmp_path / "straight"), log=lambda s: None)
+    train(_cfg(data, tmp_path / "split", iterations=3), log=lambda s: None)
     # simulate a crash after iteration 4: its metrics row exists but no checkpoint
     with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"kind": "train", "iteration": 4, "loss": 9.9}) + "\n")
-    res = train(_cfg(data, tmp_path / "split", iterations=6), resume=True, progress=False, log=lambda s: None)
+    res = train(_cfg(data, tmp_path / "split", iterations=6), resume=True, log=lambda s: None)
     assert res.iteration == 6
     a = _weights(tmp_path / "straight" / "checkpoints" / "iter_0000006.pt")
     b = _weights(tmp_path / "split" / "checkpoints" / "iter_0000006.pt")
@@ -90,20 +90,22 @@ def test_resume_continues_iterations_and_equals_uninterrupted_run(data, tmp_path
 
 
 def test_same_seed_same_weights(data, tmp_path):
-    train(_cfg(data, tmp_path / "a", iterations=3), progress=False, log=lambda s: None)
-    train(_cfg(data, tmp_path / "b", iterations=3), progress=False, log=lambda s: None)
+    train(_cfg(data, tmp_path / "a", iterations=3), log=lambda s: None)
+    train(_cfg(data, tmp_path / "b", iterations=3), log=lambda s: None)
     a, b = (_weights(tmp_path / x / "checkpoints" / "iter_0000003.pt") for x in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_fine_tune_starts_from_checkpoint_and_checks_architecture(data, tmp_path):
-    train(_cfg(data, tmp_path / "base", iterations=3), progress=False, log=lambda s: None)
+    train(_cfg(data, tmp_path / "base", iterations=3), log=lambda s: None)
     base = tmp_path / "base" / "checkpoints" / "iter_0000003.pt"
     t = Trainer(_cfg(data, tmp_path / "ft", iterations=3), init_from=base, log=lambda s: None)
     w = _weights(base)
     assert all(torch.equal(t.model.state_dict()[k], w[k]) for k in w) and t.iteration == 0
-    t.run(progress=False)
-    assert load_checkpoint(tmp_path / "ft" / "checkpoints" / "iter_0000003.pt").training_config["init_from"] == str(base)
+    t.run()
+    assert load_checkpoint(tmp_path / "ft" / "checkpoints" / "iter_0000003.pt").training_config["init_from"] == str(
+        base
+    )
     other = _cfg(data, tmp_path / "ft2").model_dump()
     other["model"]["num_fmaps"] = 3
     from organet.model.checkpoint import CheckpointError
@@ -115,7 +117,9 @@ def test_fine_tune_starts_from_checkpoint_and_checks_architecture(data, tmp_path
 def test_non_binary_labels_and_shape_mismatch_are_clear_errors(data, tmp_path):
     bad = tmp_path / "bad.zarr"
     with write_ome_zarr(bad) as w:
-        w.create_image(None, (40, 64, 64), np.uint8, (5, 5, 5)).write((slice(None),) * 3, np.full((40, 64, 64), 2, np.uint8))
+        w.create_image(None, (40, 64, 64), np.uint8, (5, 5, 5)).write(
+            (slice(None),) * 3, np.full((40, 64, 64), 2, np.uint8)
+        )
     cfg = _cfg(data, tmp_path / "x").model_dump()
     cfg["data"]["train"][0]["labels"] = str(bad)
     with pytest.raises(ConfigError, match="not binary"):
@@ -126,3 +130,24 @@ def test_non_binary_labels_and_shape_mismatch_are_clear_errors(data, tmp_path):
     cfg["data"]["train"][0]["labels"] = str(small)
     with pytest.raises(ConfigError, match="shape"):
         Trainer(parse_config(cfg), log=lambda s: None)
+
+
+def test_progress_reports_iterations_or_the_time_budget(data, tmp_path):
+    from organet.train.loop import budget_stage
+
+    calls: list[tuple[str, int, int]] = []
+    lines: list[str] = []
+    train(_cfg(data, tmp_path / "it", iterations=4), progress=lambda *c: calls.append(c), log=lines.append)
+    assert calls[0] == ("train", 0, 4) and {c[0] for c in calls} == {"train"}
+    assert sum(c[1] for c in calls) == 4 and all(c[2] == 4 for c in calls)
+    # a time budget: the stage counts seconds of the budget, not iterations of a huge limit
+    calls.clear()
+    res = train(
+        _cfg(data, tmp_path / "budget", iterations=1_000_000, max_minutes=0.04, checkpoint_every=1000),
+        progress=lambda *c: calls.append(c),
+        log=lines.append,
+    )
+    stage = budget_stage(0.04)
+    assert stage == "train: s of 0.04 min" and calls[0] == (stage, 0, 3)
+    assert {c[0] for c in calls} == {stage} and sum(c[1] for c in calls) == 3
+    assert 0 < res.iteration < 1_000_000 and any("stopping after 0.04 min" in ln for ln in lines)

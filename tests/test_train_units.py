@@ -12,8 +12,9 @@ from organet.volumes import Roi
 
 def _roi(labels, mask=None, raw=None, name="r"):
     raw = raw if raw is not None else np.full(labels.shape, 100, np.uint8)
-    return RoiData(name, raw, labels.astype(np.uint8), mask, np.dtype(np.uint8), (5.0, 5.0, 5.0),
-                   Roi((0, 0, 0), labels.shape))
+    return RoiData(
+        name, raw, labels.astype(np.uint8), mask, np.dtype(np.uint8), (5.0, 5.0, 5.0), Roi((0, 0, 0), labels.shape)
+    )
 
 
 def test_foreground_rejection_rate_matches_rule():

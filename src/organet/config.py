@@ -6,8 +6,6 @@ file. Unknown keys and bad values are errors that name the key.
 
 from __future__ import annotations
 
-from organet.errors import ConfigError
-
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -15,8 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from organet.errors import ConfigError
 from organet.model.unet import UNetConfig, output_shape, valid_sizes
 from organet.preprocess.normalize import Normalization
+from organet.train.augment import AugmentConfig
 
 
 class _Strict(BaseModel):
@@ -44,7 +44,7 @@ class RoiSpec(_Strict):
     naive: bool = Field(default=False, description="validation only: a cell never seen in training")
 
     @model_validator(mode="after")
-    def _one_roi(self) -> "RoiSpec":
+    def _one_roi(self) -> RoiSpec:
         if self.roi_vox is not None and self.roi_nm is not None:
             raise ValueError("give either 'roi_vox' or 'roi_nm', not both")
         return self
@@ -69,11 +69,11 @@ class ModelConfig(_Strict):
         return UNetConfig(
             num_fmaps=self.num_fmaps,
             fmap_inc_factor=self.fmap_inc_factor,
-            downsample_factors=tuple(tuple(f) for f in self.downsample_factors),  # type: ignore[arg-type]
+            downsample_factors=tuple((f[0], f[1], f[2]) for f in self.downsample_factors),
         )
 
     @model_validator(mode="after")
-    def _valid_shape(self) -> "ModelConfig":
+    def _valid_shape(self) -> ModelConfig:
         arch = self.architecture()
         if output_shape(arch, self.input_shape) is None:
             sizes = [s for s, _ in valid_sizes(arch, 320)]
@@ -90,22 +90,6 @@ class SamplingConfig(_Strict):
     reject_probability: float = Field(default=0.9, ge=0, le=1)
     min_masked: float = Field(default=0.75, ge=0, le=1, description="fraction inside the sample mask")
     mask_reject_probability: float = Field(default=0.95, ge=0, le=1)
-
-
-class AugmentSettings(_Strict):
-    enabled: bool = True
-    mirror: bool = True
-    transpose: bool = True
-    elastic: bool = True
-    control_point_spacing: int = Field(default=32, ge=1)
-    jitter_sigma: float = Field(default=2.0, ge=0)
-    elastic_subsample: int = Field(default=4, ge=1)
-    rotate_xy: bool = True
-    rotation_max: float = Field(default=math.pi / 2, ge=0, le=2 * math.pi)
-    intensity: bool = True
-    intensity_scale: tuple[float, float] = (0.85, 1.15)
-    intensity_shift: tuple[float, float] = Field(default=(-0.15, 0.15), description="on the [0, 1] scale")
-    intensity_clip: bool = True
 
 
 class LossConfig(_Strict):
@@ -161,20 +145,20 @@ class ExperimentConfig(_Strict):
     normalization: Normalization = Field(default_factory=Normalization)
     data: DataConfig
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    augment: AugmentSettings = Field(default_factory=AugmentSettings)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
-    def resolve_paths(self, base: Path) -> "ExperimentConfig":
+    def resolve_paths(self, base: Path) -> ExperimentConfig:
         """A copy with data and output paths made absolute against ``base``."""
 
         def res(p: str | None) -> str | None:
             if p is None:
                 return None
             # keep the in-container part (``a.zarr/x`` or ``f.h5:/x``) intact
-            return p if Path(p.split(":/")[0]).is_absolute() else str((base / p))
+            return p if Path(p.split(":/")[0]).is_absolute() else str(base / p)
 
         d = self.model_dump()
         for group in ("train", "validation"):

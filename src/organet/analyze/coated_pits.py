@@ -37,7 +37,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import EllipseModel
 from skimage.morphology import skeletonize
 
-from organet.errors import IncompatibleError
+from organet.errors import IncompatibleError, InputError
 from organet.volumes import Volume
 from organet.volumes.atomic import atomic_path
 from organet.volumes.foreground import foreground, prediction_kind
@@ -419,7 +419,7 @@ def _check_volumes(pred: Volume, raw: Volume, cell_mask: Volume | None) -> None:
             )
         check_same_voxel_size(vol.voxel_size, pred.voxel_size, f"the {name}", "the prediction")
     if len(pred.shape) != 3:
-        raise ValueError(f"expected 3-D (z, y, x) volumes, got shape {tuple(pred.shape)}")
+        raise InputError(f"expected 3-D (z, y, x) volumes, got shape {tuple(pred.shape)}")
 
 
 def analyze_coated_pits(
@@ -440,7 +440,7 @@ def analyze_coated_pits(
     prm = params or CoatedPitParams()
     for k, v in overrides.items():
         if not hasattr(prm, k):
-            raise ValueError(f"unknown coated-pit parameter {k!r}")
+            raise InputError(f"unknown coated-pit parameter {k!r}")
         setattr(prm, k, v)
     _check_volumes(pred, raw, cell_mask)
     vs = np.asarray(pred.voxel_size, dtype=float)
@@ -448,7 +448,7 @@ def analyze_coated_pits(
     fg = foreground(np.asarray(pred.read()), prediction_kind(pred), prm.pred_threshold)
     labels, n_obj = ndi.label(fg, structure=np.ones((3, 3, 3)))
     if n_obj == 0:
-        raise ValueError("the prediction has no foreground voxels: no coated structures to measure")
+        raise InputError("the prediction has no foreground voxels: no coated structures to measure")
     notes: list[str] = []
     if cell_mask is None:
         notes.append("no cell mask given: endocytic/internal location of pits is 'unknown'")
@@ -606,7 +606,7 @@ def write_outputs(result: CoatedPitResult, output_dir: str | os.PathLike[str], p
     and the PNG figures into ``output_dir`` (each file written to a temporary name, then renamed)."""
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} exists and is not a folder")
+        raise InputError(f"output {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - thin wrapp
 
     import pandas as pd
 
-    ap = argparse.ArgumentParser(prog="python -m organet.analyze.coated_pits_cli")
+    ap = argparse.ArgumentParser(prog="python -m organet.analyze.coated_pits_phantom")
     ap.add_argument("folder", help="write raw.zarr, pred.zarr, cell.zarr, truth.json here")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--score", metavar="CSV", help="instead: score this coated_pits.csv against FOLDER/truth.json")

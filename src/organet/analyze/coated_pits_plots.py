@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
     from .coated_pits import CoatedPitResult
 
 FIGURES = {
@@ -21,23 +23,19 @@ FIGURES = {
 STAGE_COLORS = {"early": "#1f77b4", "late": "#d62728", "": "#7f7f7f"}
 
 
-def _plt() -> Any:
-    import matplotlib
+def _figure(**kwargs: Any) -> Figure:
+    """A matplotlib Figure (saved with the Agg canvas; no pyplot state, no backend switch)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
-def _save(fig: Any, path: Path, dpi: int = 110) -> Path:
-    plt = _plt()
+def _save(fig: Figure, path: Path, dpi: int = 110) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         fig.savefig(tmp, format="png", dpi=dpi)
         os.replace(tmp, path)
     finally:
-        plt.close(fig)
         if tmp.exists():
             tmp.unlink()
     return path
@@ -53,9 +51,9 @@ def _finite(series: Any) -> np.ndarray:
 
 
 def plot_violins(result: CoatedPitResult, path: Path) -> Path:
-    plt = _plt()
     t = result.table
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), constrained_layout=True)
+    fig = _figure(figsize=(10, 3.6), constrained_layout=True)
+    axes = fig.subplots(1, 3)
     for ax, col, label in zip(
         axes, ("major_nm", "minor_nm", "eccentricity"), ("major axis (nm)", "minor axis (nm)", "eccentricity")
     ):
@@ -80,8 +78,15 @@ def _height_neck(ax: Any, sub: Any, by_stage: bool) -> None:
         return
     if by_stage:
         for st, g in sub.groupby("stage"):
-            ax.scatter(g["neck_width_nm"], g["height_nm"], s=28, c=STAGE_COLORS.get(st, "k"),
-                       label=f"{st or 'unstaged'} (n={len(g)})", edgecolors="k", linewidths=0.4)
+            ax.scatter(
+                g["neck_width_nm"],
+                g["height_nm"],
+                s=28,
+                c=STAGE_COLORS.get(st, "k"),
+                label=f"{st or 'unstaged'} (n={len(g)})",
+                edgecolors="k",
+                linewidths=0.4,
+            )
         ax.legend(fontsize=8)
     else:
         ax.scatter(sub["neck_width_nm"], sub["height_nm"], s=28, c="#2ca02c", edgecolors="k", linewidths=0.4)
@@ -90,9 +95,9 @@ def _height_neck(ax: Any, sub: Any, by_stage: bool) -> None:
 
 
 def plot_endocytic(result: CoatedPitResult, path: Path) -> Path:
-    plt = _plt()
     t = result.table
-    fig, ax = plt.subplots(figsize=(4.6, 4), constrained_layout=True)
+    fig = _figure(figsize=(4.6, 4), constrained_layout=True)
+    ax = fig.subplots()
     sub = t[(t["class"] == "pit") & (t["location"] == "endocytic")]
     _height_neck(ax, sub, by_stage=True)
     if not len(sub) and (t["location"] == "unknown").any():
@@ -103,9 +108,9 @@ def plot_endocytic(result: CoatedPitResult, path: Path) -> Path:
 
 
 def plot_internal(result: CoatedPitResult, path: Path) -> Path:
-    plt = _plt()
     t = result.table
-    fig, ax = plt.subplots(figsize=(4.6, 4), constrained_layout=True)
+    fig = _figure(figsize=(4.6, 4), constrained_layout=True)
+    ax = fig.subplots()
     sub = t[(t["class"] == "pit") & (t["location"] == "internal")]
     _height_neck(ax, sub, by_stage=False)
     if not len(sub) and (t["location"] == "unknown").any():
@@ -116,16 +121,16 @@ def plot_internal(result: CoatedPitResult, path: Path) -> Path:
 
 
 def plot_late_vs_vesicles(result: CoatedPitResult, path: Path) -> Path:
-    plt = _plt()
     t = result.table
     late = _finite(t.loc[(t["class"] == "pit") & (t["stage"] == "late"), "height_nm"])
     ves = _finite(t.loc[t["class"] == "vesicle", "major_nm"])
-    fig, ax = plt.subplots(figsize=(5, 3.6), constrained_layout=True)
+    fig = _figure(figsize=(5, 3.6), constrained_layout=True)
+    ax = fig.subplots()
     both = np.concatenate([late, ves])
     if not len(both):
         _no_data(ax)
     else:
-        bins = np.linspace(both.min() - 5, both.max() + 5, 16)
+        bins = np.linspace(both.min() - 5, both.max() + 5, 16).tolist()
         ax.hist(late, bins=bins, alpha=0.6, color=STAGE_COLORS["late"], label=f"late pit height (n={len(late)})")
         ax.hist(ves, bins=bins, alpha=0.6, color="#9467bd", label=f"vesicle major axis (n={len(ves)})")
         ax.legend(fontsize=8)
@@ -173,7 +178,6 @@ def _draw_section(ax: Any, ex: dict[str, Any], title: str, annotate_pit: bool) -
 def plot_sections(result: CoatedPitResult, path: Path, ids: list[int] | None = None) -> Path:
     """Example sections: the Otsu contour (yellow), pixel skeleton (cyan), sub-pixel mid-line
     (magenta), fitted ellipse (orange) and, for pits, height / neck / FWHM arrows."""
-    plt = _plt()
     t = result.table.set_index("id")
     if ids is None:
         ids = []
@@ -184,7 +188,8 @@ def plot_sections(result: CoatedPitResult, path: Path, ids: list[int] | None = N
                 ids.append(int(sel.index[0]))
         if not ids:
             ids = [i for i in list(result.sections)[:3]]
-    fig, axes = plt.subplots(1, max(1, len(ids)), figsize=(4.2 * max(1, len(ids)), 4.2), constrained_layout=True)
+    fig = _figure(figsize=(4.2 * max(1, len(ids)), 4.2), constrained_layout=True)
+    axes = fig.subplots(1, max(1, len(ids)))
     axes = np.atleast_1d(axes)
     if not ids:
         _no_data(axes[0])

@@ -49,6 +49,7 @@ import pandas as pd
 from scipy import ndimage, signal
 from scipy.spatial import Delaunay, QhullError, cKDTree
 
+from organet.errors import InputError
 from organet.volumes.atomic import atomic_path
 from organet.volumes.foreground import foreground, prediction_kind
 
@@ -484,16 +485,16 @@ def analyze_pores(
     p = params or PoreParams()
     p = PoreParams(**{**p.__dict__, "min_size_nm3": min_size_nm3, **kwargs})
     if p.min_diameter_nm <= 0 or p.max_diameter_nm <= p.min_diameter_nm:
-        raise ValueError(f"need 0 < min_diameter_nm < max_diameter_nm, got {p.min_diameter_nm}, {p.max_diameter_nm}")
+        raise InputError(f"need 0 < min_diameter_nm < max_diameter_nm, got {p.min_diameter_nm}, {p.max_diameter_nm}")
     mask = foreground(np.asarray(pred.read()), prediction_kind(pred), p.threshold)
     if not mask.any():
-        raise ValueError(
+        raise InputError(
             f"the pore prediction {getattr(pred, 'path', '') or ''} is empty at threshold "
             f"{p.threshold}: no pores to measure".replace("  ", " ")
         )
     comps = find_pores(mask, pred.voxel_size, pred.offset, p.min_size_nm3)
     if comps.empty:
-        raise ValueError(
+        raise InputError(
             f"no pore of at least {p.min_size_nm3:g} nm^3 in the prediction "
             f"({int(mask.sum())} foreground voxels): lower --min-size-nm3"
         )

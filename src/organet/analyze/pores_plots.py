@@ -1,31 +1,41 @@
-"""PNG plots of a pore analysis (matplotlib, Agg; atomic writes)."""
+"""PNG plots of a pore analysis (matplotlib figures drawn with Agg, no pyplot; atomic writes).
+
+matplotlib is imported when a plot is drawn, not with this module.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from .pores import PoreResult
 
 
-def _save(fig: Any, path: Path) -> str:
+def _figure(**kwargs: Any) -> Figure:
+    """A matplotlib Figure (saved with the Agg canvas; no pyplot state, no backend switch)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def _save(fig: Figure, path: Path) -> str:
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=90, bbox_inches="tight")
-    plt.close(fig)
     os.replace(tmp, path)
     return str(path)
 
 
-def _xyz(table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _xyz(table: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (table["centroid_x_nm"].to_numpy(), table["centroid_y_nm"].to_numpy(), table["centroid_z_nm"].to_numpy())
 
 
-def _ax3d(fig, pos=111):  # type: ignore[no-untyped-def]
+def _ax3d(fig: Figure, pos: int = 111) -> Any:
     ax = fig.add_subplot(pos, projection="3d")
     ax.set_xlabel("x (nm)")
     ax.set_ylabel("y (nm)")
@@ -33,9 +43,9 @@ def _ax3d(fig, pos=111):  # type: ignore[no-untyped-def]
     return ax
 
 
-def plot_centroids(result, path: Path) -> str:  # type: ignore[no-untyped-def]
+def plot_centroids(result: PoreResult, path: Path) -> str:
     x, y, z = _xyz(result.table)
-    fig = plt.figure(figsize=(6, 5))
+    fig = _figure(figsize=(6, 5))
     ax = _ax3d(fig)
     sc = ax.scatter(x, y, z, c=z, cmap="viridis", s=30, depthshade=False)
     fig.colorbar(sc, ax=ax, shrink=0.7, pad=0.12, label="z (nm)")
@@ -43,34 +53,59 @@ def plot_centroids(result, path: Path) -> str:  # type: ignore[no-untyped-def]
     return _save(fig, path)
 
 
-def plot_surface(result, path: Path) -> str:  # type: ignore[no-untyped-def]
-    fig = plt.figure(figsize=(6, 5))
+def plot_surface(result: PoreResult, path: Path) -> str:
+    fig = _figure(figsize=(6, 5))
     ax = _ax3d(fig)
     s = result.surface
     if s is None:
         ax.set_title("no envelope surface (see messages)")
     else:
         p = s.points
-        ax.plot_trisurf(p[:, 2], p[:, 1], p[:, 0], triangles=s.triangles, color="tab:orange", alpha=0.35,
-                        edgecolor="k", linewidth=0.3)
+        ax.plot_trisurf(
+            p[:, 2],
+            p[:, 1],
+            p[:, 0],
+            triangles=s.triangles,
+            color="tab:orange",
+            alpha=0.35,
+            edgecolor="k",
+            linewidth=0.3,
+        )
         t = result.table
         span = float(np.ptp(p, axis=0).max()) or 1.0
-        ax.quiver(t["centroid_x_nm"], t["centroid_y_nm"], t["centroid_z_nm"], t["normal_x"], t["normal_y"],
-                  t["normal_z"], length=0.15 * span, color="tab:blue")
+        ax.quiver(
+            t["centroid_x_nm"],
+            t["centroid_y_nm"],
+            t["centroid_z_nm"],
+            t["normal_x"],
+            t["normal_y"],
+            t["normal_z"],
+            length=0.15 * span,
+            color="tab:blue",
+        )
         ax.set_title(f"envelope (alpha = {s.alpha_nm:.0f} nm, {len(s.triangles)} triangles) and normals")
     return _save(fig, path)
 
 
-def plot_diameter_map(result, path: Path) -> str:  # type: ignore[no-untyped-def]
+def plot_diameter_map(result: PoreResult, path: Path) -> str:
     t = result.table
     x, y, z = _xyz(t)
     d = t["diameter_mean_nm"].to_numpy(float)
-    fig = plt.figure(figsize=(6, 5))
+    fig = _figure(figsize=(6, 5))
     ax = _ax3d(fig)
     ok = np.isfinite(d)
     if ok.any():
-        sc = ax.scatter(x[ok], y[ok], z[ok], c=d[ok], cmap="inferno", s=40 + 0.03 * d[ok] ** 2, depthshade=False,
-                        edgecolor="k", linewidth=0.3)
+        sc = ax.scatter(
+            x[ok],
+            y[ok],
+            z[ok],
+            c=d[ok],
+            cmap="inferno",
+            s=40 + 0.03 * d[ok] ** 2,
+            depthshade=False,
+            edgecolor="k",
+            linewidth=0.3,
+        )
         fig.colorbar(sc, ax=ax, shrink=0.7, pad=0.12, label="membrane diameter (nm)")
     if (~ok).any():
         ax.scatter(x[~ok], y[~ok], z[~ok], marker="x", c="grey", label="not measured")
@@ -79,10 +114,11 @@ def plot_diameter_map(result, path: Path) -> str:  # type: ignore[no-untyped-def
     return _save(fig, path)
 
 
-def plot_histogram(result, path: Path) -> str:  # type: ignore[no-untyped-def]
+def plot_histogram(result: PoreResult, path: Path) -> str:
     d = result.table["diameter_mean_nm"].to_numpy(float)
     d = d[np.isfinite(d)]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = _figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     if len(d):
         ax.hist(d, bins=max(5, min(30, len(d) // 2)), color="tab:purple", edgecolor="k")
         ax.axvline(np.median(d), color="k", ls="--", label=f"median {np.median(d):.1f} nm")
@@ -93,12 +129,12 @@ def plot_histogram(result, path: Path) -> str:  # type: ignore[no-untyped-def]
     return _save(fig, path)
 
 
-def plot_gallery(result, path: Path, max_pores: int = 48) -> str:  # type: ignore[no-untyped-def]
+def plot_gallery(result: PoreResult, path: Path, max_pores: int = 48) -> str:
     ids = sorted(result.views)[:max_pores]
     ncol = min(4, max(1, len(ids)))
     nrow = max(1, int(np.ceil(len(ids) / ncol)))
-    fig, axes = plt.subplots(nrow, ncol * 2, figsize=(3.2 * ncol, 1.9 * nrow), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.0, 0.7] * ncol})
+    fig = _figure(figsize=(3.2 * ncol, 1.9 * nrow))
+    axes = fig.subplots(nrow, ncol * 2, squeeze=False, gridspec_kw={"width_ratios": [1.0, 0.7] * ncol})
     for a in axes.ravel():
         a.axis("off")
     t = result.table.set_index("id")
@@ -123,7 +159,7 @@ def plot_gallery(result, path: Path, max_pores: int = 48) -> str:  # type: ignor
     return _save(fig, path)
 
 
-def write_plots(result, out: Path, gallery: bool = False) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def write_plots(result: PoreResult, out: Path, gallery: bool = False) -> dict[str, str]:
     out = Path(out)
     paths = {
         "centroids": plot_centroids(result, out / "centroids.png"),

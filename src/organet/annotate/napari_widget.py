@@ -16,9 +16,10 @@ imports without them (``pip install 'organet[napari]'`` adds them).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,10 +46,11 @@ Box = tuple[slice, slice, slice]
 
 def as_margin(margin: int | Sequence[int]) -> tuple[int, int, int]:
     """A margin in voxels as (z, y, x); one int applies to all axes. Must be >= 0."""
-    m = (int(margin),) * 3 if np.isscalar(margin) else tuple(int(v) for v in margin)  # type: ignore[arg-type]
+    flat = np.ravel(np.asarray(margin))
+    m = [int(flat[0])] * 3 if np.ndim(margin) == 0 else [int(v) for v in flat]
     if len(m) != 3 or min(m) < 0:
         raise AnnotationError(f"margin must be one or three integers >= 0 (voxels, z y x), got {margin!r}")
-    return m  # type: ignore[return-value]
+    return m[0], m[1], m[2]
 
 
 def scribble_box(scribbles: np.ndarray, margin: int | Sequence[int] = DEFAULT_MARGIN) -> Box:
@@ -65,12 +67,13 @@ def scribble_box(scribbles: np.ndarray, margin: int | Sequence[int] = DEFAULT_MA
         if hit.size == 0:
             raise AnnotationError("no scribbles: paint 1 (object) and 2 (background) in the 'scribbles' layer")
         box.append(slice(max(int(hit[0]) - m[axis], 0), min(int(hit[-1]) + 1 + m[axis], s.shape[axis])))
-    return tuple(box)  # type: ignore[return-value]
+    return box[0], box[1], box[2]
 
 
 def full_box(shape: Sequence[int]) -> Box:
     """The box covering a whole (z, y, x) volume."""
-    return tuple(slice(0, int(n)) for n in shape)  # type: ignore[return-value]
+    z, y, x = (int(n) for n in shape)
+    return slice(0, z), slice(0, y), slice(0, x)
 
 
 def crop(data: Any, box: Box) -> np.ndarray:
@@ -123,16 +126,17 @@ def prepare_cut(
 ) -> CutJob:
     """Check layer data and choose the box: the scribbles' bounding box plus ``margin`` voxels
     (``crop_to_scribbles``), else the whole volume. ``image`` and ``scribbles``: (z, y, x)."""
-    shape = tuple(int(n) for n in np.shape(image))
-    if len(shape) != 3:
-        raise AnnotationError(f"the graph cut needs a 3-D (z, y, x) image layer; this one has shape {shape}")
+    dims = tuple(int(n) for n in np.shape(image))
+    if len(dims) != 3:
+        raise AnnotationError(f"the graph cut needs a 3-D (z, y, x) image layer; this one has shape {dims}")
+    shape = (dims[0], dims[1], dims[2])
     s = np.asarray(scribbles)
     if s.shape != shape:
         raise AnnotationError(f"the scribbles layer has shape {s.shape} but the image has {shape} (z, y, x)")
     box = scribble_box(s, margin) if crop_to_scribbles else full_box(shape)
     if not crop_to_scribbles and not s.any():
         raise AnnotationError("no scribbles: paint 1 (object) and 2 (background) in the 'scribbles' layer")
-    return CutJob(image, np.array(s[box], copy=True), box, shape)  # type: ignore[arg-type]
+    return CutJob(image, np.array(s[box], copy=True), box, shape)
 
 
 def run_cut(job: CutJob, params: GraphCutParams | None = None, log: Callable[[str], None] | None = None) -> LayerCut:
@@ -172,10 +176,10 @@ def parse_scales(text: str) -> tuple[float, ...]:
 
 def voxel_size_of(scale: Sequence[float]) -> tuple[float, float, float]:
     """Voxel size (nm, z y x) from a napari layer ``scale`` (its last three entries)."""
-    vs = tuple(float(v) for v in scale)[-3:]
+    vs = [float(v) for v in scale][-3:]
     if len(vs) != 3 or min(vs) <= 0:
         raise AnnotationError(f"layer scale {tuple(scale)} is not a positive (z, y, x) voxel size in nm")
-    return vs  # type: ignore[return-value]
+    return vs[0], vs[1], vs[2]
 
 
 def save_mask(
@@ -205,9 +209,14 @@ def save_mask(
             s = np.asarray(scribbles)
             if s.shape != lab.shape:
                 raise AnnotationError(f"scribbles have shape {s.shape} but labels have {lab.shape}")
-            sv = w.create_image("scribbles", s.shape, np.uint8, vs, off,
-                                attrs={"kind": "scribbles", "values": {"0": "unlabeled", "1": "object",
-                                                                        "2": "background"}})
+            sv = w.create_image(
+                "scribbles",
+                s.shape,
+                np.uint8,
+                vs,
+                off,
+                attrs={"kind": "scribbles", "values": {"0": "unlabeled", "1": "object", "2": "background"}},
+            )
             sv.write(sv.roi, s.astype(np.uint8))
     return f"{path}/labels"
 
@@ -245,6 +254,7 @@ def _widget_class() -> type:
 
 
 def _define_widget_class() -> type:  # noqa: C901 - one GUI class
+    from magicgui.types import FileDialogMode
     from magicgui.widgets import (
         CheckBox,
         ComboBox,
@@ -263,42 +273,89 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
     class GraphCutWidget(Container):
         """Dock widget: scribbles layer, graph-cut parameters, run (worker thread), save."""
 
-        def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        def __init__(self, napari_viewer: napari.components.ViewerModel) -> None:
             super().__init__(labels=True)
-            self.viewer = napari_viewer
+            self.viewer = napari_viewer  # a napari.Viewer, or a ViewerModel (no window) in tests
             self.last: LayerCut | None = None
             self.worker: Any = None
             self.image = ComboBox(label="image", choices=self._image_choices, tooltip="3-D image layer (z, y, x)")
             self.new_scribbles = PushButton(text="Scribbles layer (1 object, 2 background)")
-            self.smoothness = FloatSpinBox(value=10.0, min=0.0, max=1000.0, step=0.5, label="smoothness",
-                                           tooltip="weight of the boundary term; 0 = forest + scribbles only")
-            self.contrast_sigma = FloatSpinBox(value=0.05, min=0.001, max=1.0, step=0.005, label="contrast sigma",
-                                               tooltip="intensity scale of the boundary term (raw scaled to [0, 1])")
-            self.downsample = SpinBox(value=1, min=1, max=8, label="downsample",
-                                      tooltip="work on a grid downsampled by this factor per axis (speed)")
-            self.scales = LineEdit(value="1, 2, 4, 8", label="feature scales",
-                                   tooltip="feature scales in working-grid voxels")
+            self.smoothness = FloatSpinBox(
+                value=10.0,
+                min=0.0,
+                max=1000.0,
+                step=0.5,
+                label="smoothness",
+                tooltip="weight of the boundary term; 0 = forest + scribbles only",
+            )
+            self.contrast_sigma = FloatSpinBox(
+                value=0.05,
+                min=0.001,
+                max=1.0,
+                step=0.005,
+                label="contrast sigma",
+                tooltip="intensity scale of the boundary term (raw scaled to [0, 1])",
+            )
+            self.downsample = SpinBox(
+                value=1,
+                min=1,
+                max=8,
+                label="downsample",
+                tooltip="work on a grid downsampled by this factor per axis (speed)",
+            )
+            self.scales = LineEdit(
+                value="1, 2, 4, 8", label="feature scales", tooltip="feature scales in working-grid voxels"
+            )
             self.trees = SpinBox(value=64, min=1, max=1000, label="trees")
             self.autocontext = SpinBox(value=1, min=0, max=5, label="auto-context")
-            self.supervoxels = SpinBox(value=0, min=0, max=64, label="supervoxels",
-                                       tooltip="forest on watershed supervoxels of this edge length; 0 = per voxel")
+            self.supervoxels = SpinBox(
+                value=0,
+                min=0,
+                max=64,
+                label="supervoxels",
+                tooltip="forest on watershed supervoxels of this edge length; 0 = per voxel",
+            )
             self.fill_holes = CheckBox(value=False, text="fill holes")
-            self.min_size = SpinBox(value=0, min=0, max=10**9, label="min size",
-                                    tooltip="drop unscribbled objects smaller than this (working-grid voxels)")
+            self.min_size = SpinBox(
+                value=0,
+                min=0,
+                max=10**9,
+                label="min size",
+                tooltip="drop unscribbled objects smaller than this (working-grid voxels)",
+            )
             self.jobs = SpinBox(value=1, min=1, max=64, label="threads")
             self.crop_box = CheckBox(value=True, text="only the scribbles' box + margin")
             self.margin = SpinBox(value=DEFAULT_MARGIN, min=0, max=100_000, label="margin (voxels)")
             self.run_button = PushButton(text="Run graph cut")
             self.status = Label(value="")
-            self.output = FileEdit(mode="w", filter="*.zarr", label="save to", value="graphcut.zarr")
+            self.output = FileEdit(
+                mode=FileDialogMode.OPTIONAL_FILE, filter="*.zarr", label="save to", value=Path("graphcut.zarr")
+            )
             self.overwrite = CheckBox(value=False, text="overwrite")
             self.save_button = PushButton(text="Save")
-            self.extend([
-                self.image, self.new_scribbles, self.smoothness, self.contrast_sigma, self.downsample, self.scales,
-                self.trees, self.autocontext, self.supervoxels, self.fill_holes, self.min_size, self.jobs,
-                self.crop_box, self.margin, self.run_button, self.status, self.output, self.overwrite,
-                self.save_button,
-            ])
+            self.extend(
+                [
+                    self.image,
+                    self.new_scribbles,
+                    self.smoothness,
+                    self.contrast_sigma,
+                    self.downsample,
+                    self.scales,
+                    self.trees,
+                    self.autocontext,
+                    self.supervoxels,
+                    self.fill_holes,
+                    self.min_size,
+                    self.jobs,
+                    self.crop_box,
+                    self.margin,
+                    self.run_button,
+                    self.status,
+                    self.output,
+                    self.overwrite,
+                    self.save_button,
+                ]
+            )
             self.new_scribbles.changed.connect(self.ensure_scribbles)
             self.run_button.changed.connect(self.run)
             self.save_button.changed.connect(self.save)
@@ -336,8 +393,9 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
                 lay = self.viewer.layers[SCRIBBLES_LAYER]
             else:
                 shape = tuple(self.image_data(img).shape)
-                lay = self.viewer.add_labels(np.zeros(shape, np.uint8), name=SCRIBBLES_LAYER, scale=img.scale,
-                                             translate=img.translate)
+                lay = self.viewer.add_labels(
+                    np.zeros(shape, np.uint8), name=SCRIBBLES_LAYER, scale=img.scale, translate=img.translate
+                )
             self.viewer.layers.selection.active = lay
             lay.selected_label = 1
             lay.mode = "paint"
@@ -345,11 +403,16 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
 
         def params(self) -> GraphCutParams:
             return GraphCutParams(
-                downsample=int(self.downsample.value), scales=parse_scales(self.scales.value),
-                n_trees=int(self.trees.value), autocontext=int(self.autocontext.value),
-                smoothness=float(self.smoothness.value), contrast_sigma=float(self.contrast_sigma.value),
-                supervoxels=int(self.supervoxels.value), fill_holes=bool(self.fill_holes.value),
-                min_size=int(self.min_size.value), n_jobs=int(self.jobs.value),
+                downsample=int(self.downsample.value),
+                scales=parse_scales(self.scales.value),
+                n_trees=int(self.trees.value),
+                autocontext=int(self.autocontext.value),
+                smoothness=float(self.smoothness.value),
+                contrast_sigma=float(self.contrast_sigma.value),
+                supervoxels=int(self.supervoxels.value),
+                fill_holes=bool(self.fill_holes.value),
+                min_size=int(self.min_size.value),
+                n_jobs=int(self.jobs.value),
             )
 
         # -- run
@@ -362,8 +425,12 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
                 img = self.image_layer()
                 if SCRIBBLES_LAYER not in self.viewer.layers:
                     raise AnnotationError("no 'scribbles' layer: press the scribbles button and paint first")
-                job = prepare_cut(self.image_data(img), self.viewer.layers[SCRIBBLES_LAYER].data,
-                                  int(self.margin.value), bool(self.crop_box.value))
+                job = prepare_cut(
+                    self.image_data(img),
+                    self.viewer.layers[SCRIBBLES_LAYER].data,
+                    int(self.margin.value),
+                    bool(self.crop_box.value),
+                )
                 params = self.params()
             except (AnnotationError, ValueError) as e:
                 show_error(str(e))
@@ -384,15 +451,18 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
                 lay = self.viewer.layers[GRAPHCUT_LAYER]
                 lay.data = cut.labels
             else:
-                lay = self.viewer.add_labels(cut.labels, name=GRAPHCUT_LAYER, scale=img.scale,
-                                             translate=img.translate, opacity=0.5)
+                lay = self.viewer.add_labels(
+                    cut.labels, name=GRAPHCUT_LAYER, scale=img.scale, translate=img.translate, opacity=0.5
+                )
                 if SCRIBBLES_LAYER in self.viewer.layers:  # keep the scribbles on top, selected
                     scrib = self.viewer.layers[SCRIBBLES_LAYER]
                     self.viewer.layers.move(self.viewer.layers.index(lay), self.viewer.layers.index(scrib))
                     self.viewer.layers.selection.active = scrib
             frac = float(cut.result.labels.mean())
-            self.status.value = (f"done in {cut.seconds:.1f} s: {100 * frac:.1f} % object in {box_str(cut.box)}; "
-                                 "paint corrections and run again")
+            self.status.value = (
+                f"done in {cut.seconds:.1f} s: {100 * frac:.1f} % object in {box_str(cut.box)}; "
+                "paint corrections and run again"
+            )
 
         def _failed(self, e: BaseException) -> None:
             self.status.value = f"failed: {e}"
@@ -427,6 +497,21 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
     return GraphCutWidget
 
 
+def _show_scale_bar(viewer: Any) -> None:
+    """Show the scale bar in nm (napari >= 0.9 keeps it in ``canvas.overlays`` and takes the
+    unit from the layers; older versions have ``viewer.scale_bar.unit``)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    if overlays is not None and hasattr(overlays, "scale_bar"):
+        overlays.scale_bar.visible = True
+        for layer in viewer.layers:
+            if hasattr(layer, "units"):
+                layer.units = ("nm",) * layer.ndim
+        return
+    viewer.scale_bar.visible = True
+    viewer.scale_bar.unit = "nm"
+
+
 def open_viewer(
     raw: str,
     scribbles: str | None = None,
@@ -434,10 +519,15 @@ def open_viewer(
     voxel_size: Sequence[float] | None = None,
     roi_vox: str | None = None,
     show: bool = True,
-) -> tuple["napari.viewer.Viewer", Any]:
+    viewer: Any = None,
+) -> tuple[Any, Any]:
     """Open ``raw`` (only ``roi_vox``, into memory) in a napari viewer with scale = voxel size
     and translate = offset (nm, z y x), optional ``scribbles`` (same shape as raw or as the ROI;
-    e.g. ``out.zarr/scribbles`` from Save), and the widget docked. Returns (viewer, widget)."""
+    e.g. ``out.zarr/scribbles`` from Save), and the widget docked. Returns (viewer, widget).
+
+    ``viewer``: add to this viewer instead of a new ``napari.Viewer``; a
+    ``napari.components.ViewerModel`` (no window, no OpenGL) gets the layers and the widget
+    without docking it, which is how the tests run without a display."""
     require_napari()
     import napari
 
@@ -455,20 +545,24 @@ def open_viewer(
         elif tuple(s.shape) == tuple(roi.shape):
             scrib = s.read()
         else:
-            raise AnnotationError(f"scribbles {s.path} have shape {tuple(s.shape)}; expected the raw's "
-                                  f"{tuple(r.shape)} or the ROI's {tuple(roi.shape)} (z, y, x)")
+            raise AnnotationError(
+                f"scribbles {s.path} have shape {tuple(s.shape)}; expected the raw's "
+                f"{tuple(r.shape)} or the ROI's {tuple(roi.shape)} (z, y, x)"
+            )
         bad = np.setdiff1d(np.unique(scrib), [0, 1, 2])
         if bad.size:
             raise AnnotationError(f"scribbles {s.path} contain values {bad[:8].tolist()}; expected 0, 1, 2")
         scrib = scrib.astype(np.uint8)
-    viewer = napari.Viewer(title=f"organet graph cut: {Path(raw).name}", show=show)
+    if viewer is None:
+        viewer = napari.Viewer(title=f"organet graph cut: {Path(raw).name}", show=show)
     viewer.add_image(data, name=Path(str(raw).rstrip("/")).name or "raw", scale=r.voxel_size, translate=translate)
     if scrib is not None:
         viewer.add_labels(scrib, name=SCRIBBLES_LAYER, scale=r.voxel_size, translate=translate)
-    viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "nm"
+    _show_scale_bar(viewer)
     widget = _widget_class()(viewer)
     if output:
         widget.output.value = output
-    viewer.window.add_dock_widget(widget, name="organet graph cut", area="right")
+    window = getattr(viewer, "window", None)
+    if window is not None:
+        window.add_dock_widget(widget, name="organet graph cut", area="right")
     return viewer, widget

@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from organet.errors import BlockFailures
+from organet.errors import BlockFailures, InputError
 from organet.progress import ProgressFn, advance, announce
 from organet.volumes.blocks import Block
 from organet.volumes.geometry import Shape3
@@ -83,7 +83,7 @@ def run_blocks(
         Blocks that failed ``retries + 1`` times (the others are kept in the ledger).
     """
     if retries < 0:
-        raise ValueError(f"retries must be >= 0, got {retries}")
+        raise InputError(f"retries must be >= 0, got {retries}")
     blocks = list(blocks)
     done = ledger.entries(stage) if ledger is not None else {}
     results: dict[Shape3, dict[str, Any]] = {b.index: done[b.index] for b in blocks if b.index in done}

@@ -27,8 +27,9 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def _ellipsoid_field(shape: tuple[int, int, int], centre: np.ndarray, radii: np.ndarray, rot: np.ndarray,
-                     box: tuple[slice, ...]) -> np.ndarray:
+def _ellipsoid_field(
+    shape: tuple[int, int, int], centre: np.ndarray, radii: np.ndarray, rot: np.ndarray, box: tuple[slice, ...]
+) -> np.ndarray:
     """Normalized radius ``rho`` (1 on the surface) of an ellipsoid within ``box``."""
     grids = np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij")
     p = np.stack([g - c for g, c in zip(grids, centre)], axis=-1) @ rot
@@ -50,7 +51,7 @@ def make_phantom(
     membrane sheets. Sizes in nm are converted with ``voxel_size``.
     """
     rng = np.random.default_rng(seed)
-    shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
+    shape = (int(shape[0]), int(shape[1]), int(shape[2]))
     nm = 1.0 / voxel_size
     vol = np.prod(shape) * voxel_size**3
     if n_mito is None:

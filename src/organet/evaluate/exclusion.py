@@ -11,6 +11,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from organet.errors import InputError
+
 ExclusionMetric = Literal["euclidean", "taxicab"]
 
 #: Half-widths (voxels) of the boundary exclusion zone per organelle, as used by incasem
@@ -33,7 +35,7 @@ def _distance_to(target: np.ndarray, metric: ExclusionMetric) -> np.ndarray:
         return ndimage.distance_transform_edt(~target)
     if metric == "taxicab":
         return ndimage.distance_transform_cdt(~target, metric="taxicab")
-    raise ValueError(f"unknown exclusion metric {metric!r}; use 'euclidean' or 'taxicab'")
+    raise InputError(f"unknown exclusion metric {metric!r}; use 'euclidean' or 'taxicab'")
 
 
 def exclusion_zone(
@@ -67,7 +69,7 @@ def exclusion_zone(
     """
     inner, outer = int(inner), int(outer)
     if inner < 0 or outer < 0:
-        raise ValueError(f"exclusion widths must be >= 0, got inner={inner}, outer={outer}")
+        raise InputError(f"exclusion widths must be >= 0, got inner={inner}, outer={outer}")
     fg = np.asarray(truth) > 0
     zone = np.zeros(fg.shape, dtype=bool)
     has_fg = bool(fg.any())
@@ -97,14 +99,14 @@ def normalize_exclusion(
             w = EXCLUSION_ZONE_WIDTHS[exclusion]
         except KeyError:
             known = ", ".join(sorted(EXCLUSION_ZONE_WIDTHS))
-            raise ValueError(f"unknown organelle {exclusion!r} for exclusion; known: {known}") from None
+            raise InputError(f"unknown organelle {exclusion!r} for exclusion; known: {known}") from None
         inner = outer = w
     elif isinstance(exclusion, (int, np.integer)):
         inner = outer = int(exclusion)
     else:
         inner, outer = (int(v) for v in exclusion)
     if inner < 0 or outer < 0:
-        raise ValueError(f"exclusion widths must be >= 0, got ({inner}, {outer})")
+        raise InputError(f"exclusion widths must be >= 0, got ({inner}, {outer})")
     if inner == 0 and outer == 0:
         return None
     return inner, outer

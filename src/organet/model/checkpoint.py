@@ -9,8 +9,6 @@ Writes are atomic (temporary file, then rename).
 
 from __future__ import annotations
 
-from organet.errors import CheckpointError
-
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from typing import Any
 
 import torch
 
+from organet.errors import CheckpointError
 from organet.model.unet import UNet, UNetConfig, output_shape
 from organet.preprocess.normalize import Normalization
 

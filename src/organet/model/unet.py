@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from organet.errors import InputError
 from organet.volumes.geometry import Shape3
 
 
@@ -40,9 +41,9 @@ class UNetConfig:
             self, "downsample_factors", tuple(tuple(int(v) for v in f) for f in self.downsample_factors)
         )
         if any(len(f) != 3 for f in self.downsample_factors):
-            raise ValueError(f"downsample_factors must be (z, y, x) triples, got {self.downsample_factors}")
+            raise InputError(f"downsample_factors must be (z, y, x) triples, got {self.downsample_factors}")
         if self.num_fmaps < 1 or self.fmap_inc_factor < 1 or self.kernel_size < 1:
-            raise ValueError("num_fmaps, fmap_inc_factor and kernel_size must be >= 1")
+            raise InputError("num_fmaps, fmap_inc_factor and kernel_size must be >= 1")
 
     @property
     def num_levels(self) -> int:
@@ -149,7 +150,7 @@ def init_weights(model: UNet, scheme: str = "kaiming") -> None:
     if scheme == "pytorch":
         return
     if scheme != "kaiming":
-        raise ValueError(f"unknown weight init {scheme!r}: expected 'pytorch' or 'kaiming'")
+        raise InputError(f"unknown weight init {scheme!r}: expected 'pytorch' or 'kaiming'")
     for m in model.modules():
         if isinstance(m, nn.Conv3d):
             if m is model.final:
@@ -205,7 +206,7 @@ def context(cfg: UNetConfig, in_shape: Sequence[int]) -> Shape3:
     """Voxels of context lost on each side, (in - out) / 2 per axis."""
     o = output_shape(cfg, in_shape)
     if o is None:
-        raise ValueError(f"input shape {tuple(in_shape)} is not valid for this network; "
+        raise InputError(f"input shape {tuple(in_shape)} is not valid for this network; "
                          f"valid isotropic sizes: {[s for s, _ in valid_sizes(cfg, 320)][-8:]} ...")
     return tuple((i - v) // 2 for i, v in zip(in_shape, o))  # type: ignore[return-value]
 

@@ -7,9 +7,10 @@ interpolation), the tile shape, test-time augmentation, device and precision.
 ``organet predict`` (in-process and on Dask), training validation, the napari widget
 and the demo all call :meth:`Predictor.predict`.
 
-The result for a voxel does not depend on which region was asked for: tiles lie on a
-global grid of the model-resolution volume (:mod:`organet.predict.tiled`), so blocks
-predicted separately, in any process, give the same bytes as one region.
+Within a run the result for a voxel does not depend on which block asked for it: tiles
+lie on one grid of the model-resolution volume, fixed per run by :meth:`Predictor.for_region`
+(:mod:`organet.predict.tiled`), so blocks predicted separately, in any process, give the
+same bytes as one region.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ class Predictor:
 
     Build one with :meth:`from_checkpoint` (picklable: workers load the checkpoint once
     per process) or :meth:`from_model` (a live network, in this process only).
-    ``tile`` is the network input shape (voxels at the model's voxel size; None: chosen
-    by :meth:`for_region`). ``threads``: torch CPU threads per process (None: torch's default).
+    ``tile`` is the network input shape and ``anchor`` a voxel the tile grid passes
+    through (both at the model's voxel size; None: chosen by :meth:`for_region`). ``threads``: torch CPU threads per process (None: torch's default).
     """
 
     architecture: UNetConfig
@@ -99,6 +100,7 @@ class Predictor:
     normalization: Normalization
     checkpoint: str | None = None
     tile: Shape3 | None = None
+    anchor: Shape3 | None = None
     batch_size: int = 1
     device: str = "auto"
     tta: str | None = None
@@ -155,15 +157,22 @@ class Predictor:
         return tile_grid(self.architecture, self.tile)
 
     def for_region(self, volume: Any, roi: Roi) -> Predictor:
-        """This Predictor with its tile fixed for predicting ``roi`` of ``volume`` (kept if set).
+        """This Predictor with its tile and grid anchor fixed for predicting ``roi`` of
+        ``volume`` (each kept if set): a tile of about 96 output voxels (less for a small
+        ROI) and the grid through the ROI's origin.
 
-        Fix the tile once per run, before splitting the work: the bytes depend on it.
+        Fix both once per run, before splitting the work: the bytes depend on them.
         """
-        if self.tile is not None:
-            return self
         f = self.factor(volume.voxel_size)
-        coarse = [max(1, -(-n // k)) for n, k in zip(roi.shape, f)]
-        return replace(self, tile=default_tile_shape(self.architecture, coarse))
+        tile = self.tile
+        if tile is None:
+            coarse = [max(1, -(-n // k)) for n, k in zip(roi.shape, f)]
+            tile = default_tile_shape(self.architecture, coarse)
+        anchor = self.anchor
+        if anchor is None:
+            a = [o // k for o, k in zip(roi.offset, f)]
+            anchor = (a[0], a[1], a[2])
+        return replace(self, tile=tile, anchor=anchor)
 
     def context_vox(self, input_voxel_size: Sequence[float]) -> Shape3:
         """Upper bound of the input voxels read around a region on each side: the network's
@@ -177,7 +186,8 @@ class Predictor:
     def describe(self) -> dict[str, Any]:
         """The settings that determine the output (for run records and metadata)."""
         return {"checkpoint": self.checkpoint, "voxel_size": list(self.voxel_size), "organelle": self.organelle,
-                "iteration": self.iteration, "tile": list(self.tile) if self.tile else None, "tta": self.tta,
+                "iteration": self.iteration, "tile": list(self.tile) if self.tile else None,
+                "anchor": list(self.anchor) if self.anchor else None, "tta": self.tta,
                 "normalization": self.normalization.model_dump(), "batch_size": self.batch_size}
 
     # ------------------------------------------------------------------ prediction
@@ -201,7 +211,8 @@ class Predictor:
             torch.set_num_threads(self.threads)
         device = _worker_device(self.device)
         f = self.factor(volume.voxel_size)
-        grid = self.for_region(volume, roi).grid()
+        fixed = self.for_region(volume, roi)
+        grid = fixed.grid()
         net = self._network(device)
         if f == (1, 1, 1):
             source: Any = volume
@@ -209,7 +220,7 @@ class Predictor:
         else:
             source = DownsampledVolume(volume, f)
             lo, hi = coarse_cover(roi.offset, roi.end, f, source.shape)
-        origin, shape, starts = grid.covering(lo, hi)
+        origin, shape, starts = grid.covering(lo, hi, fixed.anchor or (0, 0, 0))
         buf = np.zeros(shape, np.float32)
 
         def write(start: Shape3, p: np.ndarray) -> None:

@@ -1,10 +1,11 @@
 """Tiles of the U-Net over a volume: the low-level arithmetic under :class:`~organet.predict.Predictor`.
 
-Output tiles lie on one global grid anchored at voxel (0, 0, 0) of the volume the
-network sees, with a step that is a multiple of the network's total downsampling
-factor (8 for the ASEM net). So every output voxel is always computed by the same
-tile from the same input, whichever block or process asks for it, and the result
-equals one untiled forward pass over the volume (valid convolutions). Each tile's
+Output tiles lie on one grid through a fixed anchor voxel (the origin of the region a
+run predicts) of the volume the network sees, with a step that is a multiple of the
+network's total downsampling factor (8 for the ASEM net). So within a run every output
+voxel is always computed by the same tile from the same input, whichever block or
+process asks for it, and the result equals one untiled forward pass over the volume
+(valid convolutions). Each tile's
 input is read with its context from the real neighbourhood; only beyond the volume
 border is the raw data mirrored.
 
@@ -72,19 +73,22 @@ class TileGrid:
         c = [(i - o) // 2 for i, o in zip(self.tile_in, self.tile_out)]
         return (c[0], c[1], c[2])
 
-    def covering(self, lo: Sequence[int], hi: Sequence[int]) -> tuple[Shape3, Shape3, list[Shape3]]:
-        """Tiles whose outputs cover ``[lo, hi)``: (buffer origin, buffer shape, tile output starts)."""
-        k0 = [math.floor(a / s) for a, s in zip(lo, self.step)]
-        k1 = [math.ceil(b / s) for b, s in zip(hi, self.step)]
-        origin = (k0[0] * self.step[0], k0[1] * self.step[1], k0[2] * self.step[2])
+    def covering(self, lo: Sequence[int], hi: Sequence[int],
+                 anchor: Sequence[int] = (0, 0, 0)) -> tuple[Shape3, Shape3, list[Shape3]]:
+        """Tiles of the grid through ``anchor`` whose outputs cover ``[lo, hi)``:
+        (buffer origin, buffer shape, tile output starts)."""
+        k0 = [math.floor((a - o) / s) for a, o, s in zip(lo, anchor, self.step)]
+        k1 = [math.ceil((b - o) / s) for b, o, s in zip(hi, anchor, self.step)]
+        org = [o + k * s for o, k, s in zip(anchor, k0, self.step)]
         shape = [(b - a) * s for a, b, s in zip(k0, k1, self.step)]
-        starts = [(k[0] * self.step[0], k[1] * self.step[1], k[2] * self.step[2])
-                  for k in itertools.product(*(range(a, b) for a, b in zip(k0, k1)))]
-        return origin, (shape[0], shape[1], shape[2]), starts
+        starts = [(org[0] + k[0] * self.step[0], org[1] + k[1] * self.step[1], org[2] + k[2] * self.step[2])
+                  for k in itertools.product(*(range(b - a) for a, b in zip(k0, k1)))]
+        return (org[0], org[1], org[2]), (shape[0], shape[1], shape[2]), starts
 
-    def count(self, lo: Sequence[int], hi: Sequence[int]) -> int:
+    def count(self, lo: Sequence[int], hi: Sequence[int], anchor: Sequence[int] = (0, 0, 0)) -> int:
         """Number of tiles that cover ``[lo, hi)``."""
-        return math.prod(math.ceil(b / s) - math.floor(a / s) for a, b, s in zip(lo, hi, self.step))
+        return math.prod(math.ceil((b - o) / s) - math.floor((a - o) / s)
+                         for a, b, o, s in zip(lo, hi, anchor, self.step))
 
 
 def tile_grid(cfg: UNetConfig, tile_in: Sequence[int]) -> TileGrid:

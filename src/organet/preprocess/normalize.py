@@ -6,12 +6,12 @@ prediction applies the same one, so train and predict cannot disagree.
 
 from __future__ import annotations
 
-from organet.errors import IncompatibleError, InputError
-
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from organet.errors import IncompatibleError, InputError
 
 
 class Normalization(BaseModel):
@@ -93,7 +93,7 @@ def canonical_preprocess(value: Any) -> dict[str, Any] | None:
     elif isinstance(value, dict):
         rec = PreprocessParams(**value).record()
     else:
-        raise ValueError(f"preprocess must be a method name or a mapping, got {value!r}")
+        raise InputError(f"preprocess must be a method name or a mapping, got {value!r}")
     return None if rec["method"] == "none" else rec
 
 

@@ -20,10 +20,11 @@ are in voxels; angles in radians. All randomness comes from a passed
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import ndimage as ndi
 
 Shape3 = tuple[int, int, int]
@@ -44,20 +45,20 @@ __all__ = [
 _CHUNK_POINTS = 1 << 21
 
 
-@dataclass
-class AugmentConfig:
-    """Augmentation settings (defaults: ASEM Table S3).
+class AugmentConfig(BaseModel):
+    """Augmentation settings, the ``augment:`` section of the experiment config (defaults:
+    ASEM Table S3). Unknown keys and bad values are errors that name the key.
 
     Attributes:
         enabled: master switch; False makes :func:`augment` return the centre crops.
         mirror: flip each axis independently with probability 0.5.
         transpose: random permutation of the axes passed as ``transpose_axes``
-            to :func:`augment` (axes of equal voxel size).
+            to :func:`augment` (axes of equal voxel size, :meth:`transpose_axes`).
         elastic: smooth random deformation.
         control_point_spacing: spacing of the elastic control points (voxels).
         jitter_sigma: std of the control-point displacement (voxels); the dense
             displacement is clipped to +-ceil(4 * jitter_sigma) voxels, the
-            margin :func:`upstream_shape` reserves.
+            margin :func:`upstream_shape` reserves (:attr:`elastic_margin`).
         elastic_subsample: the deformation is computed on a grid this many times
             coarser and upsampled linearly (speed).
         rotate_xy: rotate about the z axis (in the y-x plane).
@@ -70,35 +71,28 @@ class AugmentConfig:
             gunpowder ``IntensityAugment`` clips to its [0, 1] range by default).
     """
 
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
     enabled: bool = True
     mirror: bool = True
     transpose: bool = True
     elastic: bool = True
-    control_point_spacing: int = 32
-    jitter_sigma: float = 2.0
-    elastic_subsample: int = 4
+    control_point_spacing: int = Field(default=32, ge=1)
+    jitter_sigma: float = Field(default=2.0, ge=0)
+    elastic_subsample: int = Field(default=4, ge=1)
     rotate_xy: bool = True
-    rotation_max: float = math.pi / 2
+    rotation_max: float = Field(default=math.pi / 2, ge=0, le=2 * math.pi)
     intensity: bool = True
     intensity_scale: tuple[float, float] = (0.85, 1.15)
-    intensity_shift: tuple[float, float] = (-0.15, 0.15)
+    intensity_shift: tuple[float, float] = Field(default=(-0.15, 0.15), description="on the [0, 1] scale")
     intensity_clip: bool = True
 
-    def __post_init__(self) -> None:
-        if self.control_point_spacing < 1:
-            raise ValueError(f"control_point_spacing must be >= 1 voxel, got {self.control_point_spacing}")
-        if self.jitter_sigma < 0:
-            raise ValueError(f"jitter_sigma must be >= 0, got {self.jitter_sigma}")
-        if self.elastic_subsample < 1:
-            raise ValueError(f"elastic_subsample must be >= 1, got {self.elastic_subsample}")
-        if self.rotation_max < 0:
-            raise ValueError(f"rotation_max must be >= 0, got {self.rotation_max}")
-        for name in ("intensity_scale", "intensity_shift"):
-            lo, hi = getattr(self, name)
-            if lo > hi:
-                raise ValueError(f"{name} must be (low, high) with low <= high, got {(lo, hi)}")
-        self.intensity_scale = (float(self.intensity_scale[0]), float(self.intensity_scale[1]))
-        self.intensity_shift = (float(self.intensity_shift[0]), float(self.intensity_shift[1]))
+    @field_validator("intensity_scale", "intensity_shift")
+    @classmethod
+    def _low_high(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise ValueError(f"must be (low, high) with low <= high, got {list(v)}")
+        return v
 
     @property
     def do_rotate(self) -> bool:
@@ -112,6 +106,23 @@ class AugmentConfig:
     def elastic_margin(self) -> int:
         """Bound on the elastic displacement per axis (voxels); 0 when elastic is off."""
         return int(math.ceil(4.0 * self.jitter_sigma)) if self.do_elastic else 0
+
+    @staticmethod
+    def transpose_axes(voxel_size: Sequence[float]) -> tuple[int, ...]:
+        """Axes that may be permuted for data of ``voxel_size`` (nm): those of equal voxel size
+        (relative tolerance 1e-3), e.g. (10, 5, 5) -> (1, 2); () when no two are equal."""
+        return transpose_axes_from_voxel_size(voxel_size, rtol=1e-3)
+
+    def for_voxel_size(self, voxel_size: Sequence[float]) -> AugmentConfig:
+        """These settings for data of ``voxel_size`` (nm): transposition only where two axes
+        have equal voxel size, rotation in the y-x plane only for square y-x voxels."""
+        square_xy = math.isclose(float(voxel_size[1]), float(voxel_size[2]), rel_tol=1e-3)
+        return self.model_copy(
+            update={
+                "transpose": self.transpose and len(self.transpose_axes(voxel_size)) > 1,
+                "rotate_xy": self.rotate_xy and square_xy,
+            }
+        )
 
 
 @dataclass(eq=False)
@@ -141,10 +152,10 @@ class AugmentParams:
 def _shape3(shape: Sequence[int], name: str) -> Shape3:
     if len(shape) != 3:
         raise ValueError(f"{name} must have 3 entries (z, y, x), got {tuple(shape)}")
-    out = tuple(int(s) for s in shape)
+    out = (int(shape[0]), int(shape[1]), int(shape[2]))
     if any(s < 1 for s in out):
         raise ValueError(f"{name} must be positive, got {out}")
-    return out  # type: ignore[return-value]
+    return out
 
 
 def center_crop(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -204,7 +215,7 @@ def upstream_shape(in_shape: Sequence[int], cfg: AugmentConfig) -> Shape3:
         need = 2.0 * (h + margin) + 1.0  # coordinates must lie in [0, upstream - 1]
         pad = max(0, math.ceil((need - n) / 2.0 - 1e-9))
         out.append(n + 2 * pad)
-    return tuple(out)  # type: ignore[return-value]
+    return out[0], out[1], out[2]
 
 
 def _n_points(n: int, spacing: float) -> int:
@@ -228,7 +239,7 @@ def _group_permutation(axes: Sequence[int], in_shape: Shape3, out_shape: Shape3,
             shuffled = rng.permutation(group)
             for a, b in zip(group, shuffled):
                 perm[a] = int(b)
-    return tuple(perm)  # type: ignore[return-value]
+    return perm[0], perm[1], perm[2]
 
 
 def _check_axes(transpose_axes: Sequence[int] | None) -> tuple[int, ...]:
@@ -265,7 +276,8 @@ def sample_params(
         n_ctrl = tuple(_n_control(n, cfg.control_point_spacing) for n in in_shape)
         p.jitter = rng.normal(0.0, cfg.jitter_sigma, size=(3, *n_ctrl)).astype(np.float32)
     if cfg.mirror:
-        p.mirror = tuple(bool(b) for b in rng.random(3) < 0.5)  # type: ignore[assignment]
+        flip = rng.random(3) < 0.5
+        p.mirror = (bool(flip[0]), bool(flip[1]), bool(flip[2]))
     if cfg.transpose:
         p.permutation = _group_permutation(axes, in_shape, out_shape, rng)
     if cfg.intensity:
@@ -310,7 +322,7 @@ class _Warp:
     disp_sub: np.ndarray | None  # (3, sz, sy, sx) displacement on the subsampled grid, clipped
 
     @classmethod
-    def build(cls, in_shape: Shape3, up_shape: Shape3, params: AugmentParams, cfg: AugmentConfig) -> "_Warp":
+    def build(cls, in_shape: Shape3, up_shape: Shape3, params: AugmentParams, cfg: AugmentConfig) -> _Warp:
         origin = np.array([(u - n) // 2 for u, n in zip(up_shape, in_shape)], dtype=np.float64)
         centre = origin + (np.array(in_shape, dtype=np.float64) - 1.0) / 2.0
         c, s = math.cos(params.angle), math.sin(params.angle)
@@ -379,11 +391,12 @@ class _Warp:
 
 
 def _full_box(shape: Shape3) -> tuple[slice, slice, slice]:
-    return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
+    return slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2])
 
 
 def _centred_box(in_shape: Shape3, out_shape: Shape3) -> tuple[slice, slice, slice]:
-    return tuple(slice((n - m) // 2, (n - m) // 2 + m) for n, m in zip(in_shape, out_shape))  # type: ignore[return-value]
+    z, y, x = (slice((n - m) // 2, (n - m) // 2 + m) for n, m in zip(in_shape, out_shape))
+    return z, y, x
 
 
 def coordinate_map(

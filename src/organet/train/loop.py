@@ -16,25 +16,28 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 
-from organet.config import ConfigError, ExperimentConfig, RoiSpec
+from organet.config import ExperimentConfig, RoiSpec
+from organet.errors import ConfigError
 from organet.evaluate import evaluate_arrays
-from organet.model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from organet.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from organet.model.unet import UNet, init_weights, output_shape
-from organet.predict.tiled import default_tile_shape, predict_array, resolve_device
-from organet.train.augment import AugmentConfig, augment, transpose_axes_from_voxel_size, upstream_shape
+from organet.predict import Predictor
+from organet.predict.tiled import default_tile_shape, resolve_device
+from organet.progress import ProgressFn, advance, announce
+from organet.train.augment import augment, upstream_shape
 from organet.train.loss import balanced_cross_entropy
 from organet.train.plots import plot_curves
-from organet.train.sampling import BlockSampler, RoiData, check_binary, load_roi, open_roi_volumes
+from organet.train.sampling import BlockSampler, check_binary, load_roi, open_roi_volumes
 
 
 @dataclass
@@ -53,17 +56,6 @@ class TrainResult:
     iteration: int
     last_checkpoint: Path | None
     validation: list[dict[str, Any]] = field(default_factory=list)
-
-
-def augment_config(cfg: ExperimentConfig, voxel_size: tuple[float, float, float]) -> tuple[AugmentConfig, tuple[int, ...]]:
-    """Augmentation for data of ``voxel_size`` (nm) and the axes that may be
-    transposed: only axes of equal voxel size mix, and xy rotation needs square
-    xy voxels."""
-    axes = transpose_axes_from_voxel_size(voxel_size, rtol=1e-3)
-    a = cfg.augment.model_dump()
-    a["transpose"] = a["transpose"] and len(axes) > 1
-    a["rotate_xy"] = a["rotate_xy"] and math.isclose(voxel_size[1], voxel_size[2], rel_tol=1e-3)
-    return AugmentConfig(**a), axes
 
 
 def _metrics_rows(path: Path) -> list[dict[str, Any]]:
@@ -99,8 +91,11 @@ class Trainer:
         self.log = log
         self.run_dir = Path(cfg.output_dir)
         self.arch = cfg.model.architecture()
-        self.in_shape = tuple(cfg.model.input_shape)
-        self.out_shape = output_shape(self.arch, self.in_shape)
+        self.in_shape = cfg.model.input_shape
+        out_shape = output_shape(self.arch, self.in_shape)
+        if out_shape is None:  # pragma: no cover - ModelConfig validates the input shape
+            raise ConfigError(f"model.input_shape {list(self.in_shape)} is not valid for this network")
+        self.out_shape = out_shape
         self.device = resolve_device(cfg.training.device)
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
@@ -123,7 +118,8 @@ class Trainer:
                     f"{self.voxel_size} nm; resample the data to one voxel size first"
                 )
         self.val_rois = [self._load_validation(s, i) for i, s in enumerate(cfg.data.validation)]
-        self.aug, self.transpose_axes = augment_config(cfg, self.voxel_size)
+        self.aug = cfg.augment.for_voxel_size(self.voxel_size)
+        self.transpose_axes = self.aug.transpose_axes(self.voxel_size)
         self.upstream = upstream_shape(self.in_shape, self.aug)
         self.sampler = BlockSampler(self.train_rois, self.out_shape, self.upstream, cfg.sampling)
 
@@ -137,8 +133,8 @@ class Trainer:
         )
         self.iteration = 0
         self.init_from = str(init_from) if init_from else None
-        if resume:
-            self._restore(existing)  # type: ignore[arg-type]
+        if resume and existing is not None:
+            self._restore(existing)
         elif init_from is not None:
             self._init_from(Path(init_from))
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -154,8 +150,12 @@ class Trainer:
         for spec in [*self.cfg.data.train, *self.cfg.data.validation]:
             raw = open_volume(spec.raw, voxel_size=spec.voxel_size)
             try:
-                check_preprocess(self.cfg.normalization.preprocess, raw.attrs, f"raw {spec.raw}",
-                                 "the config (normalization.preprocess)")
+                check_preprocess(
+                    self.cfg.normalization.preprocess,
+                    raw.attrs,
+                    f"raw {spec.raw}",
+                    "the config (normalization.preprocess)",
+                )
             except ValueError as e:
                 raise ConfigError(str(e)) from None
 
@@ -228,9 +228,15 @@ class Trainer:
         for v in self.val_rois:
             t0 = time.time()
             tile = vc.tile_input_shape or default_tile_shape(self.arch, v.roi.shape)
-            prob = predict_array(
-                self.model, v.raw, self.cfg.normalization, v.roi.offset, v.roi.shape, tile, vc.batch_size, self.device
+            predictor = Predictor.from_model(
+                self.model,
+                self.voxel_size,
+                self.cfg.normalization,
+                tile=tile,
+                batch_size=vc.batch_size,
+                device=str(self.device),
             )
+            prob = predictor.predict(v.raw, v.roi)
             valid = v.mask.astype(bool) if v.mask is not None else np.ones(prob.shape, bool)
             p_true = np.where(v.labels > 0, prob, 1.0 - prob)[valid]
             ce = -np.log(np.clip(p_true, 1e-7, 1.0))
@@ -260,7 +266,7 @@ class Trainer:
     def checkpoint(self, metrics: dict[str, Any]) -> Path:
         ckpt = Checkpoint(
             architecture=self.arch,
-            input_shape=self.in_shape,  # type: ignore[arg-type]
+            input_shape=self.in_shape,
             voxel_size=self.voxel_size,
             normalization=self.cfg.normalization,
             organelle=self.cfg.organelle,
@@ -287,9 +293,14 @@ class Trainer:
                             if r[k] is not None and not (isinstance(r[k], float) and math.isnan(r[k])):
                                 tb.add_scalar(f"validation/{r['roi']}/{k}", r[k], r["iteration"])
 
-    def run(self, progress: bool = True) -> TrainResult:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    def run(self, progress: ProgressFn | None = None) -> TrainResult:
+        """Train until ``training.iterations`` or ``training.max_minutes``, whichever comes first.
 
+        ``progress`` is called as ``progress(stage, advance, total)``: stage ``"train"`` in
+        iterations, or, with a time budget, stage :func:`budget_stage` in seconds of the budget
+        (so a bar shows elapsed and remaining budget, not an iteration estimate). Every
+        ``10 * log_every`` iterations ``log`` gets a line with the loss.
+        """
         tc = self.cfg.training
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -297,70 +308,88 @@ class Trainer:
             tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.iteration + 1)
         except ImportError:  # tensorboard is a dependency, but keep training usable without it
             tb = None
-        deadline = time.time() + tc.max_minutes * 60 if tc.max_minutes else None
+        budget_s = tc.max_minutes * 60 if tc.max_minutes else None
         last_ckpt: Path | None = latest_checkpoint(self.run_dir)
         val_rows: list[dict[str, Any]] = []
         pending: list[dict[str, Any]] = []
         losses: list[float] = []
         t_start, first = time.time(), self.iteration
-        plain_log = progress and not sys.stdout.isatty()  # a log file gets lines instead of a bar
-        with Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            disable=not progress,
-        ) as bar:
-            task = bar.add_task("train", total=tc.iterations, completed=self.iteration, loss="-")
-            while self.iteration < tc.iterations:
-                out = self.step()
-                losses.append(out["loss"])
-                if self.iteration % tc.log_every == 0:
-                    pending.append(
-                        {
-                            "kind": "train",
-                            "iteration": self.iteration,
-                            "loss": float(np.mean(losses)),
-                            "foreground": out["foreground"],
-                            "lr": out["lr"],
-                            "elapsed_s": round(time.time() - t_start, 1),
-                        }
+        bar = _TrainProgress(progress, tc.iterations, budget_s, self.iteration)
+        while self.iteration < tc.iterations:
+            out = self.step()
+            losses.append(out["loss"])
+            elapsed = time.time() - t_start
+            if self.iteration % tc.log_every == 0:
+                pending.append(
+                    {
+                        "kind": "train",
+                        "iteration": self.iteration,
+                        "loss": float(np.mean(losses)),
+                        "foreground": out["foreground"],
+                        "lr": out["lr"],
+                        "elapsed_s": round(elapsed, 1),
+                    }
+                )
+                if self.iteration % (10 * tc.log_every) == 0:
+                    rate = elapsed / max(1, self.iteration - first)
+                    where = f"{self.iteration}/{tc.iterations}"
+                    if budget_s is not None:
+                        where = f"{self.iteration} ({elapsed / 60:.1f} of {tc.max_minutes:g} min)"
+                    self.log(f"iteration {where}: loss {np.mean(losses):.4f} ({rate:.2f} s/iteration)")
+                losses = []
+            bar.update(self.iteration, elapsed)
+            out_of_time = budget_s is not None and elapsed >= budget_s
+            if self.iteration % tc.checkpoint_every == 0 or self.iteration == tc.iterations or out_of_time:
+                val_rows = self.validate()
+                self._log_rows(pending + val_rows, tb)
+                pending = []
+                metrics = {r["roi"]: {k: r[k] for k in ("loss", "f1", "precision", "recall")} for r in val_rows}
+                last_ckpt = self.checkpoint(metrics)
+                plot_curves(_metrics_rows(self.metrics_path), self.run_dir / "curves.png")
+                for r in val_rows:
+                    self.log(
+                        f"iteration {r['iteration']}: {r['roi']}: F1 {r['f1']:.4f} (no exclusion "
+                        f"{r['f1_no_exclusion']:.4f}) loss {r['loss']:.4f}"
                     )
-                    bar.update(task, loss=f"{np.mean(losses):.4f}")
-                    if plain_log and self.iteration % (10 * tc.log_every) == 0:
-                        rate = (time.time() - t_start) / max(1, self.iteration - first)
-                        self.log(f"iteration {self.iteration}/{tc.iterations}: loss {np.mean(losses):.4f} "
-                                 f"({rate:.2f} s/iteration)")
-                    losses = []
-                bar.update(task, completed=self.iteration)
-                out_of_time = deadline is not None and time.time() >= deadline
-                if self.iteration % tc.checkpoint_every == 0 or self.iteration == tc.iterations or out_of_time:
-                    val_rows = self.validate()
-                    self._log_rows(pending + val_rows, tb)
-                    pending = []
-                    metrics = {r["roi"]: {k: r[k] for k in ("loss", "f1", "precision", "recall")} for r in val_rows}
-                    last_ckpt = self.checkpoint(metrics)
-                    plot_curves(_metrics_rows(self.metrics_path), self.run_dir / "curves.png")
-                    for r in val_rows:
-                        self.log(
-                            f"iteration {r['iteration']}: {r['roi']}: F1 {r['f1']:.4f} (no exclusion "
-                            f"{r['f1_no_exclusion']:.4f}) loss {r['loss']:.4f}"
-                        )
-                if out_of_time:
-                    self.log(f"stopping after {tc.max_minutes} min at iteration {self.iteration}")
-                    break
+            if out_of_time:
+                bar.update(self.iteration, time.time() - t_start)
+                self.log(f"stopping after {tc.max_minutes:g} min at iteration {self.iteration}")
+                break
         if tb is not None:
             tb.close()
         return TrainResult(self.run_dir, self.iteration, last_ckpt, val_rows)
+
+
+def budget_stage(max_minutes: float) -> str:
+    """Name of the progress stage of a time-budgeted run; its units are seconds of the budget."""
+    return f"train: s of {max_minutes:g} min"
+
+
+class _TrainProgress:
+    """Reports training progress: iterations, or seconds of a time budget."""
+
+    def __init__(self, progress: ProgressFn | None, iterations: int, budget_s: float | None, start: int) -> None:
+        self.progress, self.iterations, self.budget_s = progress, iterations, budget_s
+        if budget_s is not None:
+            self.stage, self.total, self.done = budget_stage(budget_s / 60), max(1, math.ceil(budget_s)), 0
+        else:
+            self.stage, self.total, self.done = "train", iterations, start
+        announce(progress, self.stage, self.total)
+        if self.done:
+            advance(progress, self.stage, self.done, self.total)
+
+    def update(self, iteration: int, elapsed_s: float) -> None:
+        now = iteration if self.budget_s is None else min(self.total, int(elapsed_s))
+        if now > self.done:
+            advance(self.progress, self.stage, now - self.done, self.total)
+            self.done = now
 
 
 def train(
     cfg: ExperimentConfig,
     resume: bool = False,
     init_from: str | Path | None = None,
-    progress: bool = True,
+    progress: ProgressFn | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train (or resume / fine-tune) as configured; returns where it ended."""

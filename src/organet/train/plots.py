@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Write a PNG with training/validation loss (left) and validation F1
-    (right), one line per validation ROI. Atomic write."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    (right), one line per validation ROI. Atomic write. Drawn on a matplotlib Figure
+    with the Agg canvas (no pyplot state, no backend switch)."""
+    from matplotlib.figure import Figure
 
     path = Path(path)
     train = [r for r in rows if r["kind"] == "train"]
     val = [r for r in rows if r["kind"] == "validation"]
-    fig, (ax_l, ax_f) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    ax_l, ax_f = fig.subplots(1, 2)
     if train:
         it = np.array([r["iteration"] for r in train])
         loss = np.array([r["loss"] for r in train])
@@ -47,6 +47,5 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     os.replace(tmp, path)
     return path

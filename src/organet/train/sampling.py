@@ -13,12 +13,13 @@ Shapes and offsets in voxels, axis order (z, y, x).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from organet.config import ConfigError, RoiSpec, SamplingConfig
+from organet.config import RoiSpec, SamplingConfig
+from organet.errors import ConfigError
 from organet.volumes import Roi, Volume, open_volume, parse_roi
 
 Shape3 = tuple[int, int, int]
@@ -147,7 +148,7 @@ class BlockSampler:
         for n, o in zip(self.rois[i].labels.shape, self.out_shape):
             lo, hi = (0, n - o) if n >= o else (n - o, 0)
             start.append(int(rng.integers(lo, hi + 1)))
-        return i, tuple(start)  # type: ignore[return-value]
+        return i, (start[0], start[1], start[2])
 
     def draw(self, rng: np.random.Generator) -> Sample:
         c = self.cfg
@@ -171,4 +172,6 @@ class BlockSampler:
                 else np.ones(self.upstream, np.uint8)
             )
             return Sample(raw, labels, mask, i, start, fg, tries)
-        raise RuntimeError(f"no block accepted in {self.max_tries} draws; check the sampling settings and masks")
+        raise ConfigError(
+            f"no training block accepted in {self.max_tries} draws; check the sampling settings and masks"
+        )

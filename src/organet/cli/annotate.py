@@ -1,0 +1,152 @@
+"""``organet annotate graphcut`` and ``organet annotate napari``: ground truth from scribbles."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from organet.cli.errors import handle_errors
+from organet.cli.options import Overwrite, VoxelSize
+from organet.cli.output import err_console, say
+from organet.errors import InputError, VolumeError
+
+
+@handle_errors
+def graphcut(
+    raw: Annotated[str, typer.Option("--raw", help="raw EM volume (any supported format)")],
+    scribbles: Annotated[
+        str,
+        typer.Option(
+            "--scribbles",
+            help="scribble volume: 0 unlabeled, 1 object, 2 background (or a VAST/ilastik "
+            "label export with --object-ids/--background-ids)",
+        ),
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="output OME-Zarr: labels (0/1) and probability")],
+    roi_vox: Annotated[
+        str | None, typer.Option("--roi-vox", help="ROI in voxels: z0:z1,y0:y1,x0:x1 (only it is read)")
+    ] = None,
+    object_ids: Annotated[
+        list[int] | None, typer.Option("--object-ids", help="label values meaning object (imported label volumes)")
+    ] = None,
+    background_ids: Annotated[
+        list[int] | None, typer.Option("--background-ids", help="label values meaning background")
+    ] = None,
+    smoothness: Annotated[float, typer.Option(help="weight of the pairwise (boundary) term; 0 = none")] = 10.0,
+    contrast_sigma: Annotated[
+        float, typer.Option(help="intensity scale of the pairwise term (raw scaled to [0, 1])")
+    ] = 0.05,
+    downsample: Annotated[int, typer.Option(help="work on a grid downsampled by this factor per axis (speed)")] = 1,
+    scales: Annotated[
+        list[float] | None, typer.Option("--scale", help="feature scales (working-grid voxels); repeat")
+    ] = None,
+    trees: Annotated[int, typer.Option(help="random-forest trees")] = 64,
+    autocontext: Annotated[int, typer.Option(help="extra auto-context forest stages")] = 1,
+    supervoxels: Annotated[
+        int,
+        typer.Option(help="forest on watershed supervoxels of this edge length (working-grid voxels); 0 = per voxel"),
+    ] = 0,
+    fill_holes: Annotated[
+        bool, typer.Option("--fill-holes/--no-fill-holes", help="fill enclosed holes in objects")
+    ] = False,
+    min_size: Annotated[
+        int, typer.Option(help="drop objects smaller than this (working-grid voxels) unless scribbled")
+    ] = 0,
+    jobs: Annotated[int, typer.Option(help="CPU threads for the forest")] = 1,
+    seed: Annotated[int, typer.Option(help="random-forest seed")] = 0,
+    voxel_size: VoxelSize = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Ground truth from sparse scribbles: random forest on multi-scale features + graph cut."""
+    from organet.annotate.graphcut import DEFAULT_SCALES, GraphCutParams, graphcut_volume, scribbles_from_labels
+    from organet.volumes import Volume, open_volume, parse_roi
+
+    r = open_volume(raw, voxel_size=voxel_size)
+    s = open_volume(scribbles, voxel_size=voxel_size or r.voxel_size)
+    roi = parse_roi(roi_vox, "vox", r) if roi_vox else None
+    if object_ids or background_ids:
+        # an imported label volume: map ids to scribbles over the ROI only
+        rr = roi if roi is not None else r.roi
+        if tuple(s.shape) != tuple(r.shape):
+            raise VolumeError(f"labels {s.path} have shape {tuple(s.shape)} but raw has {tuple(r.shape)}")
+        mapped = scribbles_from_labels(s.read(rr), object_ids or (1,), background_ids or (2,))
+        s = Volume(_Placed(mapped, rr, r.shape), r.voxel_size, r.offset, path=f"{s.path} (imported)")
+    params = GraphCutParams(
+        downsample=downsample,
+        scales=tuple(scales) if scales else DEFAULT_SCALES,
+        n_trees=trees,
+        autocontext=autocontext,
+        smoothness=smoothness,
+        contrast_sigma=contrast_sigma,
+        fill_holes=fill_holes,
+        min_size=min_size,
+        supervoxels=supervoxels,
+        seed=seed,
+        n_jobs=jobs,
+    )
+    res = graphcut_volume(
+        r,
+        s,
+        output,
+        roi=roi,
+        params=params,
+        overwrite=overwrite,
+        log=lambda m: err_console.print(m, markup=False, highlight=False),
+    )
+    frac = float(res.labels.mean())
+    say(
+        f"wrote {output}: {100 * frac:.1f} % object; scribbled {res.n_scribbled[0]} object / "
+        f"{res.n_scribbled[1]} background voxels; {res.seconds['total']:.1f} s"
+    )
+
+
+@handle_errors
+def napari(
+    raw: Annotated[str, typer.Option("--raw", help="raw EM volume (any supported format)")],
+    scribbles: Annotated[
+        str | None,
+        typer.Option(
+            "--scribbles",
+            help="scribbles to continue from (0/1/2; same shape as raw or as the ROI, e.g. OUT.zarr/scribbles)",
+        ),
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="default path of the widget's Save (OME-Zarr)")
+    ] = None,
+    roi_vox: Annotated[
+        str | None,
+        typer.Option("--roi-vox", help="load only this ROI in voxels: z0:z1,y0:y1,x0:x1 (it is held in memory)"),
+    ] = None,
+    voxel_size: VoxelSize = None,
+) -> None:
+    """Paint scribbles in napari and run the graph cut from a docked widget (needs the optional napari extra)."""
+    from organet.annotate.napari_widget import open_viewer, require_napari
+
+    try:
+        require_napari()
+    except ImportError as e:
+        raise InputError(str(e)) from None
+    import napari
+
+    try:
+        open_viewer(raw, scribbles, output=output, voxel_size=voxel_size, roi_vox=roi_vox)
+    except ImportError as e:  # e.g. no Qt binding
+        raise InputError(
+            f"napari could not start: {e} (a Qt backend comes with pip install 'organet[napari]')"
+        ) from None
+    napari.run()
+
+
+class _Placed:
+    """An array known only inside ``roi`` of a volume of ``shape`` (reads must stay inside)."""
+
+    def __init__(self, data: np.ndarray, roi: Any, shape: tuple[int, ...]) -> None:
+        self.data, self.roi, self.shape, self.dtype = data, roi, tuple(shape), data.dtype
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        sl = tuple(slice(k.start - o, k.stop - o) for k, o in zip(key, self.roi.offset))
+        if any(s.start < 0 or s.stop > n for s, n in zip(sl, self.data.shape)):
+            raise VolumeError("read outside the imported ROI")
+        return self.data[sl]

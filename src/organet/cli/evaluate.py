@@ -1,0 +1,101 @@
+"""``organet evaluate``: voxel F1 / precision / recall / IoU, a threshold sweep and its plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from organet.cli.errors import handle_errors
+from organet.cli.options import (
+    Cluster,
+    ClusterConfig,
+    ClusterOptions,
+    Cores,
+    Gpus,
+    Memory,
+    Queue,
+    RoiNm,
+    Scheduler,
+    Walltime,
+    Workers,
+    parse_roi_options,
+)
+from organet.cli.output import console, say
+from organet.cli.tables import evaluation_tables, print_tables
+from organet.errors import IncompatibleError, InputError
+
+SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+@handle_errors
+def evaluate(
+    pred: Annotated[str, typer.Option(help="prediction: probability (uint8 0-255 or float) or binary mask")],
+    truth: Annotated[str, typer.Option(help="ground-truth labels (foreground > 0)")],
+    mask: Annotated[str | None, typer.Option(help="evaluate only where this is > 0")] = None,
+    voxel_size: Annotated[
+        tuple[float, float, float] | None, typer.Option(help="nm (z, y, x) of truth and mask if their files lack it")
+    ] = None,
+    exclusion_zone: Annotated[
+        tuple[int, int] | None, typer.Option(help="ignore IN voxels inside / OUT outside the true boundary")
+    ] = None,
+    organelle: Annotated[str | None, typer.Option(help="use incasem's exclusion width for this organelle")] = None,
+    threshold: Annotated[list[float] | None, typer.Option(help="repeat for several")] = None,
+    sweep: Annotated[bool, typer.Option(help="thresholds 0.05..0.95 and a PNG")] = False,
+    roi_vox: Annotated[str | None, typer.Option("--roi-vox", help="region in truth voxels: z0:z1,y0:y1,x0:x1")] = None,
+    roi_nm: RoiNm = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the result as JSON")] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG of the threshold sweep")] = None,
+    workers: Workers = None,
+    cluster: Cluster = None,
+    scheduler: Scheduler = None,
+    cluster_config: ClusterConfig = None,
+    queue: Queue = None,
+    cores: Cores = None,
+    memory: Memory = None,
+    walltime: Walltime = None,
+    gpus: Gpus = None,
+) -> None:
+    """Voxel F1 / precision / recall / IoU with an optional boundary exclusion zone.
+
+    Prediction, truth and mask are aligned by their offsets (nm): by default the
+    region evaluated is the prediction's extent, so a prediction of an ROI is
+    scored against the matching part of a whole-volume ground truth.
+    """
+    from organet.evaluate import EXCLUSION_ZONE_WIDTHS, evaluate_volumes, plot_threshold_sweep
+    from organet.volumes import open_volume
+
+    p = open_volume(pred)
+    t = open_volume(truth, voxel_size=voxel_size)
+    m = open_volume(mask, voxel_size=voxel_size) if mask else None
+    if exclusion_zone is not None and organelle is not None:
+        raise InputError("give either --exclusion-zone or --organelle, not both")
+    ez = exclusion_zone
+    if organelle is not None:
+        if organelle not in EXCLUSION_ZONE_WIDTHS:
+            raise InputError(f"--organelle {organelle!r}: expected one of {sorted(EXCLUSION_ZONE_WIDTHS)}")
+        ez = (EXCLUSION_ZONE_WIDTHS[organelle],) * 2
+    for v, what in ((t, "truth"), (m, "mask")):
+        if v is not None and not np.allclose(v.voxel_size, p.voxel_size, rtol=1e-3):
+            raise IncompatibleError(
+                f"{what} voxel size {tuple(v.voxel_size)} nm differs from the prediction's {tuple(p.voxel_size)} nm; "
+                "pass --voxel-size if the file lacks it"
+            )
+    roi = parse_roi_options(t, roi_vox, roi_nm)
+    begin, end = roi.to_nm(t.voxel_size, t.offset) if roi is not None else p.bounds_nm
+    p, t = p.crop_nm(begin, end), t.crop_nm(begin, end)
+    m = m.crop_nm(begin, end) if m is not None else None
+    thresholds = SWEEP if sweep else tuple(threshold or [0.5])
+    cl = ClusterOptions(workers, cluster, scheduler, cluster_config, queue, cores, memory, walltime, gpus)
+    with cl.client() as client:
+        res = evaluate_volumes(p, t, m, exclusion=ez, thresholds=thresholds, client=client)
+    print_tables(console, evaluation_tables(res))
+    if json_out:
+        res.write_json(json_out)
+        say(f"wrote {json_out}")
+    if (sweep or plot) and res.per_threshold:
+        out = plot or Path("threshold_sweep.png")
+        plot_threshold_sweep(res, out)
+        say(f"wrote {out}")

@@ -1,0 +1,138 @@
+"""``organet predict``: blockwise prediction in this process or on Dask, through the same code (resumable)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from organet.cli.errors import handle_errors
+from organet.cli.options import (
+    Cluster,
+    ClusterConfig,
+    ClusterOptions,
+    Cores,
+    Gpus,
+    Memory,
+    Queue,
+    Scheduler,
+    Walltime,
+    Workers,
+    parse_roi_options,
+)
+from organet.cli.output import say
+from organet.cli.progress import ProgressBars
+
+IO = "Input and output"
+PREDICTION = "Prediction"
+BLOCKWISE = "Blocks (resumable: rerun the same command after a crash)"
+
+
+@handle_errors
+def predict(
+    model: Annotated[Path, typer.Option(help="checkpoint (.pt); it carries everything else", rich_help_panel=IO)],
+    input: Annotated[str, typer.Option("--input", help="raw volume", rich_help_panel=IO)],
+    output: Annotated[str, typer.Option(help="output container OUT.zarr", rich_help_panel=IO)],
+    roi_vox: Annotated[
+        str | None, typer.Option("--roi-vox", help="ROI in voxels: z0:z1,y0:y1,x0:x1", rich_help_panel=IO)
+    ] = None,
+    roi_nm: Annotated[
+        str | None, typer.Option("--roi-nm", help="ROI in nm (world coordinates)", rich_help_panel=IO)
+    ] = None,
+    voxel_size: Annotated[
+        tuple[float, float, float] | None,
+        typer.Option(help="nm (z, y, x) of the input if its file lacks it", rich_help_panel=IO),
+    ] = None,
+    chunks: Annotated[
+        tuple[int, int, int] | None,
+        typer.Option(
+            help="output chunk shape (voxels); default: 64 or a divisor of the tile step", rich_help_panel=IO
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output", rich_help_panel=IO)] = False,
+    tile: Annotated[
+        tuple[int, int, int] | None, typer.Option(help="network input per tile (voxels)", rich_help_panel=PREDICTION)
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="tiles per forward pass", rich_help_panel=PREDICTION)] = 1,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]", rich_help_panel=PREDICTION)] = "auto",
+    threshold: Annotated[
+        float, typer.Option(help="probability threshold of the mask", rich_help_panel=PREDICTION)
+    ] = 0.5,
+    tta: Annotated[
+        str | None,
+        typer.Option(help="test-time augmentation: mirror | mirror+transpose", rich_help_panel=PREDICTION),
+    ] = None,
+    workers: Workers = None,
+    cluster: Cluster = None,
+    scheduler: Scheduler = None,
+    cluster_config: ClusterConfig = None,
+    queue: Queue = None,
+    cores: Cores = None,
+    memory: Memory = None,
+    walltime: Walltime = None,
+    gpus: Gpus = None,
+    retries: Annotated[int, typer.Option(help="retries per failing block", rich_help_panel=BLOCKWISE)] = 2,
+    block: Annotated[
+        tuple[int, int, int] | None,
+        typer.Option(
+            help="block shape (voxels); rounded to whole chunks, the rounding is reported", rich_help_panel=BLOCKWISE
+        ),
+    ] = None,
+    mask: Annotated[
+        str | None, typer.Option(help="sample mask volume; blocks without sample read 0", rich_help_panel=BLOCKWISE)
+    ] = None,
+    mask_rule: Annotated[
+        str | None,
+        typer.Option(
+            help="sample where MASK (or, without --mask, raw) passes this rule, e.g. '>0', '<250'",
+            rich_help_panel=BLOCKWISE,
+        ),
+    ] = None,
+) -> None:
+    """Predict foreground probability (uint8) and a mask over a volume or ROI.
+
+    The ROI is predicted in blocks, in this process or on Dask (--workers, --cluster, --scheduler), resumably:
+    rerun the same command after a crash.
+    """
+    from organet.predict import Predictor, SampleMask, predict_volume
+    from organet.volumes import open_volume
+
+    vol = open_volume(input, voxel_size=voxel_size)
+    roi = parse_roi_options(vol, roi_vox, roi_nm)
+    predictor = Predictor.from_checkpoint(model, tile=tile, batch_size=batch_size, device=device, tta=tta)
+    sample = None
+    if mask is not None or mask_rule is not None:
+        mvol = open_volume(mask, voxel_size=voxel_size) if mask is not None else None
+        sample = SampleMask(mvol, mask_rule)
+    cl = ClusterOptions(workers, cluster, scheduler, cluster_config, queue, cores, memory, walltime, gpus)
+    with warnings.catch_warnings(), cl.client() as client, ProgressBars() as progress:
+        warnings.simplefilter("always")
+        res = predict_volume(
+            predictor,
+            vol,
+            output,
+            roi=roi,
+            threshold=threshold,
+            chunks=chunks,
+            block_shape=block,
+            sample_mask=sample,
+            client=client,
+            retries=retries,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    if res.note:
+        say(f"note: {res.note}")
+    if res.already_complete:
+        say(f"{res.output} is already complete ({res.blocks} blocks); nothing to do")
+        return
+    say(
+        f"wrote {res.output}/probability and /mask (+{res.pyramid_levels - 1} pyramid levels): ROI {res.roi}, "
+        f"{res.blocks} blocks ({res.resumed} done before, {res.skipped_by_mask} without sample), "
+        f"{res.seconds:.1f} s, {res.voxels_per_second:,.0f} voxels/s"
+    )
+
+
+__all__ = ["predict"]

@@ -1,0 +1,110 @@
+"""Result tables of the commands, rendered with rich.
+
+Every table fits an 80-column terminal without cutting a number: scores and counts
+are in separate tables (a sweep has 19 rows of each), columns never shrink below their
+widest cell, and a cell that cannot fit wraps instead of ending in an ellipsis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+if TYPE_CHECKING:  # pragma: no cover
+    from organet.demo.run import DemoResult
+    from organet.evaluate.blockwise import EvaluationResult
+    from organet.evaluate.metrics import Counts
+
+
+def score(x: float, digits: int = 3) -> str:
+    """A score such as F1 with ``digits`` decimals; ``nan`` when undefined."""
+    return "nan" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def count(n: int) -> str:
+    """A voxel count with thousands separators."""
+    return f"{n:,}"
+
+
+def _table(
+    title: str | None,
+    columns: Iterable[str],
+    rows: Sequence[tuple[Sequence[str], str | None]],
+    caption: str | None = None,
+    first_left: bool = False,
+) -> Table:
+    """A table whose columns are at least as wide as their widest cell (``fold``, never ``…``)."""
+    cols = list(columns)
+    t = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    for i, name in enumerate(cols):
+        width = max([len(name)] + [len(r[0][i]) for r in rows])
+        t.add_column(
+            name, justify="left" if first_left and i == 0 else "right", no_wrap=True, overflow="fold", min_width=width
+        )
+    for cells, style in rows:
+        t.add_row(*cells, style=style)
+    return t
+
+
+def _exclusion_text(result: EvaluationResult) -> str:
+    if result.exclusion is None:
+        return "none"
+    inner, outer = result.exclusion
+    return f"{inner} in / {outer} out vox ({result.exclusion_metric})"
+
+
+def evaluation_tables(result: EvaluationResult, title: str | None = None) -> list[Table]:
+    """Two tables of an evaluation: scores per threshold (thr, precision, recall, F1, IoU,
+    accuracy; the best F1 in bold) and voxel counts per threshold (TP, FP, FN, TN)."""
+    per: Mapping[float, Counts] = dict(result.per_threshold)
+    best = result.best_threshold
+    entries: list[tuple[str, Counts, str | None]] = []
+    if result.binary is not None:
+        entries.append(("—", result.binary, None))
+    entries += [(f"{t:g}", c, "bold" if t == best else None) for t, c in per.items()]
+    caption = (
+        f"shape {tuple(result.shape)} (z, y, x) · exclusion {_exclusion_text(result)} · "
+        f"mask {'yes' if result.masked else 'no'} · pred {result.pred_kind} ({result.pred_dtype})"
+    )
+    scores = _table(
+        title or "Evaluation",
+        ("thr", "precision", "recall", "F1", "IoU", "accuracy"),
+        [
+            ([label, score(c.precision), score(c.recall), score(c.f1), score(c.iou), score(c.accuracy)], style)
+            for label, c, style in entries
+        ],
+        caption=caption,
+    )
+    counts = _table(
+        "Voxel counts",
+        ("thr", "TP", "FP", "FN", "TN"),
+        [([label, count(c.tp), count(c.fp), count(c.fn), count(c.tn)], style) for label, c, style in entries],
+    )
+    return [scores, counts]
+
+
+def demo_table(result: DemoResult) -> Table:
+    """The demo's held-out scores, one row per exclusion zone."""
+    rows = [
+        ([name, *(score(m[k], 4) for k in ("f1", "precision", "recall", "iou"))], None)
+        for name, m in result.metrics.items()
+    ]
+    return _table(
+        f"organet demo: held-out data after {result.iterations} iterations",
+        ("exclusion zone", "F1", "precision", "recall", "IoU"),
+        rows,
+        caption=f"curves: {result.curves}\nprediction: {result.prediction}",
+        first_left=True,
+    )
+
+
+def print_tables(console: Any, tables: Iterable[Table]) -> None:
+    """Print ``tables`` one after the other."""
+    for t in tables:
+        console.print(t)
+
+
+__all__ = ["count", "demo_table", "evaluation_tables", "print_tables", "score"]

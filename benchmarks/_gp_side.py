@@ -40,7 +40,6 @@ def _peak_rss_mib() -> float:
 def _predict(a: dict[str, Any]) -> dict[str, Any]:
     import gunpowder as gp
     import torch
-
     from _gp_unet import ForegroundProbability, UNet
 
     t0 = time.perf_counter()
@@ -95,8 +94,11 @@ def _augment(a: dict[str, Any]) -> dict[str, Any]:
         gp.ZarrSource(
             a["store"],
             {raw: ds["raw"], labels: ds["labels"], mask: ds["mask"]},
-            {raw: gp.ArraySpec(interpolatable=True), labels: gp.ArraySpec(interpolatable=False),
-             mask: gp.ArraySpec(interpolatable=False)},
+            {
+                raw: gp.ArraySpec(interpolatable=True),
+                labels: gp.ArraySpec(interpolatable=False),
+                mask: gp.ArraySpec(interpolatable=False),
+            },
         )
         + gp.RandomLocation()
         + gp.Normalize(raw)

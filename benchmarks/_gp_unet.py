@@ -9,7 +9,7 @@ final valid convolution to 2 logits), so an organet ``state_dict`` loads with
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

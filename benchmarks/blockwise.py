@@ -44,14 +44,17 @@ def _prepare(d: Path, size: list[int], fmaps: int, levels: int, tile: int) -> No
 
     cfg = UNetConfig(num_fmaps=fmaps, downsample_factors=((2, 2, 2),) * (levels - 1))
     torch.manual_seed(0)
-    save_checkpoint(Checkpoint(cfg, (tile,) * 3, (5.0,) * 3, Normalization(), "mito", UNet(cfg).state_dict()),
-                    d / "model.pt")
+    save_checkpoint(
+        Checkpoint(cfg, (tile,) * 3, (5.0,) * 3, Normalization(), "mito", UNet(cfg).state_dict()), d / "model.pt"
+    )
     rng = np.random.default_rng(0)
     with write_ome_zarr(d / "raw.zarr") as w:
         v = w.create_image(None, size, np.uint8, (5, 5, 5), chunks=(64, 64, 64))
         for z in range(0, size[0], 64):
-            v.write((slice(z, z + 64), slice(None), slice(None)),
-                    rng.integers(0, 255, (min(64, size[0] - z), size[1], size[2]), dtype=np.uint8))
+            v.write(
+                (slice(z, z + 64), slice(None), slice(None)),
+                rng.integers(0, 255, (min(64, size[0] - z), size[1], size[2]), dtype=np.uint8),
+            )
 
 
 def _one(args: argparse.Namespace) -> None:
@@ -62,19 +65,39 @@ def _one(args: argparse.Namespace) -> None:
     if args.mode == "single":
         from organet.predict.run import predict_volume
 
-        predict_volume(d / "model.pt", d / "raw.zarr", d / "single.zarr", tile_shape=tile, device=args.device,
-                       progress=False, overwrite=True)
+        predict_volume(
+            d / "model.pt",
+            d / "raw.zarr",
+            d / "single.zarr",
+            tile_shape=tile,
+            device=args.device,
+            progress=False,
+            overwrite=True,
+        )
         worker_peak = 0.0
     else:
         from distributed import Client, LocalCluster
 
         from organet.predict.blockwise import predict_blockwise
 
-        with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            predict_blockwise(d / "model.pt", d / "raw.zarr", d / "blockwise.zarr", tile_shape=tile,
-                              device=args.device, client=client, progress=False, overwrite=True,
-                              torch_threads=args.threads, block_shape=args.block)
+        with (
+            LocalCluster(
+                n_workers=args.workers, threads_per_worker=args.threads, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            predict_blockwise(
+                d / "model.pt",
+                d / "raw.zarr",
+                d / "blockwise.zarr",
+                tile_shape=tile,
+                device=args.device,
+                client=client,
+                progress=False,
+                overwrite=True,
+                torch_threads=args.threads,
+                block_shape=args.block,
+            )
             worker_peak = max(client.run(_peak_rss_mib).values())
     dt = time.perf_counter() - t0
     print(json.dumps({"seconds": dt, "client_peak_mib": _peak_rss_mib(), "worker_peak_mib": worker_peak}))
@@ -82,8 +105,9 @@ def _one(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, nargs=3, default=[64, 128, 128],
-                    help="small volume (z y x); the large one is 2x per axis")
+    ap.add_argument(
+        "--size", type=int, nargs=3, default=[64, 128, 128], help="small volume (z y x); the large one is 2x per axis"
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--fmaps", type=int, default=8)
@@ -104,24 +128,43 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             _prepare(Path(tmp), size, args.fmaps, args.levels, args.tile)
             res = {}
-            for mode in (["blockwise"] if args.skip_single else ["single", "blockwise"]):
-                cmd = [sys.executable, __file__, "--one", mode, "--dir", tmp, "--workers", str(args.workers),
-                       "--threads", str(args.threads), "--tile", str(args.tile), "--device", args.device,
-                       "--block", *map(str, args.block)]
+            for mode in ["blockwise"] if args.skip_single else ["single", "blockwise"]:
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    mode,
+                    "--dir",
+                    tmp,
+                    "--workers",
+                    str(args.workers),
+                    "--threads",
+                    str(args.threads),
+                    "--tile",
+                    str(args.tile),
+                    "--device",
+                    args.device,
+                    "--block",
+                    *map(str, args.block),
+                ]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
                 res[mode] = json.loads(out)
             if not args.skip_single:
                 from organet.volumes import open_volume
 
-                same = np.array_equal(open_volume(f"{tmp}/single.zarr/probability").read(),
-                                      open_volume(f"{tmp}/blockwise.zarr/probability").read())
+                same = np.array_equal(
+                    open_volume(f"{tmp}/single.zarr/probability").read(),
+                    open_volume(f"{tmp}/blockwise.zarr/probability").read(),
+                )
             else:
                 same = None
         n = int(np.prod(size))
         for mode, r in res.items():
             rows.append((size, mode, n / r["seconds"], r["seconds"], r["client_peak_mib"], r["worker_peak_mib"], same))
-    print(f"\n{platform.processor() or platform.machine()}, device {args.device}, U-Net fmaps {args.fmaps} levels "
-          f"{args.levels}, tile {args.tile}^3, blocks {args.block}, {args.workers} workers x {args.threads} threads\n")
+    print(
+        f"\n{platform.processor() or platform.machine()}, device {args.device}, U-Net fmaps {args.fmaps} levels "
+        f"{args.levels}, tile {args.tile}^3, blocks {args.block}, {args.workers} workers x {args.threads} threads\n"
+    )
     print("| volume (z, y, x) | driver | voxels/s | wall s | client peak RSS MiB | worker peak RSS MiB | identical |")
     print("|---|---|---|---|---|---|---|")
     for size, mode, vps, s, cp, wp, same in rows:

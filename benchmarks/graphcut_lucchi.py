@@ -29,8 +29,12 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     tp = float((pred & truth).sum())
     fp = float((pred & ~truth).sum())
     fn = float((~pred & truth).sum())
-    return {"f1": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn), "precision": tp / max(tp + fp, 1),
-            "recall": tp / max(tp + fn, 1)}
+    return {
+        "f1": 2 * tp / (2 * tp + fp + fn),
+        "iou": tp / (tp + fp + fn),
+        "precision": tp / max(tp + fp, 1),
+        "recall": tp / max(tp + fn, 1),
+    }
 
 
 def load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
@@ -78,41 +82,77 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     raw, truth = load(args)
     planes = list(range(args.every // 2, raw.shape[0], args.every))
-    scrib = simulate_scribbles(truth, planes, strokes_per_object=2, background_strokes=25, length=41, width=3,
-                               margin=5, object_margin=2, seed=0)
-    info = {"roi": [0, args.y0, args.x0, *raw.shape], "planes": planes,
-            "scribbled_object_vox": int((scrib == 1).sum()), "scribbled_background_vox": int((scrib == 2).sum()),
-            "scribbled_fraction_of_roi": float((scrib > 0).mean()), "truth_fraction": float(truth.mean())}
+    scrib = simulate_scribbles(
+        truth,
+        planes,
+        strokes_per_object=2,
+        background_strokes=25,
+        length=41,
+        width=3,
+        margin=5,
+        object_margin=2,
+        seed=0,
+    )
+    info = {
+        "roi": [0, args.y0, args.x0, *raw.shape],
+        "planes": planes,
+        "scribbled_object_vox": int((scrib == 1).sum()),
+        "scribbled_background_vox": int((scrib == 2).sum()),
+        "scribbled_fraction_of_roi": float((scrib > 0).mean()),
+        "truth_fraction": float(truth.mean()),
+    }
     print(json.dumps(info))
     if args.recut:
         z = np.load(out / "prob.npz")
         prob, xs, ss, scrib = z["prob"], z["xs"], z["ss"], z["scrib"]
         res = []
-        grid = [tuple(map(float, g.split(":"))) for g in args.recut_grid.split(",")] if args.recut_grid else [
-            (sm, cs) for sm in (0.0, 1.0, 3.0, 10.0, 30.0) for cs in (0.05, 0.1, 0.2)]
+        grid = (
+            [tuple(map(float, g.split(":"))) for g in args.recut_grid.split(",")]
+            if args.recut_grid
+            else [(sm, cs) for sm in (0.0, 1.0, 3.0, 10.0, 30.0) for cs in (0.05, 0.1, 0.2)]
+        )
         for sm, cs in grid:
-                t = time.perf_counter()
-                cut = graph_cut(prob, xs, ss, sm, cs)
-                for post in ((False, 0), (True, 0), (True, 500)):
-                    c = clean_labels(cut, ss, *post) if post != (False, 0) else cut
-                    full = _upsample(c.astype(np.float32), args.downsample, raw.shape) >= 0.5
-                    full[scrib == 1], full[scrib == 2] = True, False
-                    r = {"smoothness": sm, "contrast_sigma": cs, "fill_holes": post[0], "min_size": post[1],
-                         **scores(full, truth), "s": time.perf_counter() - t}
-                    print(json.dumps(r))
-                    res.append(r)
+            t = time.perf_counter()
+            cut = graph_cut(prob, xs, ss, sm, cs)
+            for post in ((False, 0), (True, 0), (True, 500)):
+                c = clean_labels(cut, ss, *post) if post != (False, 0) else cut
+                full = _upsample(c.astype(np.float32), args.downsample, raw.shape) >= 0.5
+                full[scrib == 1], full[scrib == 2] = True, False
+                r = {
+                    "smoothness": sm,
+                    "contrast_sigma": cs,
+                    "fill_holes": post[0],
+                    "min_size": post[1],
+                    **scores(full, truth),
+                    "s": time.perf_counter() - t,
+                }
+                print(json.dumps(r))
+                res.append(r)
         (out / "recut.json").write_text(json.dumps(res, indent=1))
         return
-    p = GraphCutParams(downsample=args.downsample, scales=tuple(args.scales), n_trees=args.trees,
-                       autocontext=args.autocontext, smoothness=args.smoothness, contrast_sigma=args.contrast_sigma,
-                       fill_holes=args.fill_holes, min_size=args.min_size, supervoxels=args.supervoxels,
-                       n_jobs=args.jobs)
+    p = GraphCutParams(
+        downsample=args.downsample,
+        scales=tuple(args.scales),
+        n_trees=args.trees,
+        autocontext=args.autocontext,
+        smoothness=args.smoothness,
+        contrast_sigma=args.contrast_sigma,
+        fill_holes=args.fill_holes,
+        min_size=args.min_size,
+        supervoxels=args.supervoxels,
+        n_jobs=args.jobs,
+    )
     t0 = time.perf_counter()
     r = segment_from_scribbles(raw, scrib, p, log=print)
     wall = time.perf_counter() - t0
-    result = {**info, "params": p.record(), "seconds": r.seconds, "wall_s": wall,
-              "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-              "graphcut": scores(r.labels.astype(bool), truth)}
+    result = {
+        **info,
+        "params": p.record(),
+        "seconds": r.seconds,
+        "wall_s": wall,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "graphcut": scores(r.labels.astype(bool), truth),
+    }
     for i, sp in enumerate(r.stage_probabilities):
         result[f"forest_stage{i}"] = scores(_upsample(sp, args.downsample, raw.shape) >= 0.5, truth)
     rounds = [result]
@@ -121,12 +161,20 @@ def main() -> None:
         scrib = merge_scribbles(scrib, extra)
         t0 = time.perf_counter()
         r = segment_from_scribbles(raw, scrib, p, log=print)
-        rounds.append({"round": k + 1, "added_vox": int((extra > 0).sum()), "seconds": r.seconds,
-                       "wall_s": time.perf_counter() - t0,
-                       "scribbled_fraction_of_roi": float((scrib > 0).mean()),
-                       "graphcut": scores(r.labels.astype(bool), truth),
-                       **{f"forest_stage{i}": scores(_upsample(sp, args.downsample, raw.shape) >= 0.5, truth)
-                          for i, sp in enumerate(r.stage_probabilities)}})
+        rounds.append(
+            {
+                "round": k + 1,
+                "added_vox": int((extra > 0).sum()),
+                "seconds": r.seconds,
+                "wall_s": time.perf_counter() - t0,
+                "scribbled_fraction_of_roi": float((scrib > 0).mean()),
+                "graphcut": scores(r.labels.astype(bool), truth),
+                **{
+                    f"forest_stage{i}": scores(_upsample(sp, args.downsample, raw.shape) >= 0.5, truth)
+                    for i, sp in enumerate(r.stage_probabilities)
+                },
+            }
+        )
     result["corrections"] = rounds[1:]
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps(result, indent=1))
@@ -137,8 +185,13 @@ def main() -> None:
         lo, hi = np.percentile(raw, [0.1, 99.9])
         x = np.clip((raw.astype(np.float32) - lo) / max(float(hi - lo), 1e-12), 0, 1)
         xs = _downsample_mean(x, args.downsample)
-        np.savez(out / "prob.npz", prob=r.stage_probabilities[-1], xs=xs,
-                 ss=_downsample_scribbles(scrib, args.downsample), scrib=scrib)
+        np.savez(
+            out / "prob.npz",
+            prob=r.stage_probabilities[-1],
+            xs=xs,
+            ss=_downsample_scribbles(scrib, args.downsample),
+            scrib=scrib,
+        )
 
 
 if __name__ == "__main__":

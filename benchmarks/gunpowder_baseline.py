@@ -39,8 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,8 +68,9 @@ def _write_volume(d: Path, shape: Sequence[int] | None, train_shape: Sequence[in
     root = zarr.open_group(str(d / "data.zarr"), mode="w", zarr_format=2)
 
     def create(name: str, shp: Sequence[int]) -> Any:
-        arr = root.create_array(name, shape=tuple(shp), chunks=(64, 64, 64), dtype=np.uint8,
-                                compressors=Blosc(cname="lz4", clevel=5))
+        arr = root.create_array(
+            name, shape=tuple(shp), chunks=(64, 64, 64), dtype=np.uint8, compressors=Blosc(cname="lz4", clevel=5)
+        )
         arr.attrs.update({"resolution": list(VOXEL_NM), "offset": [0, 0, 0]})
         return arr
 
@@ -104,8 +106,10 @@ def _write_model(d: Path, cfg: Any, tile: Sequence[int]) -> None:
         if isinstance(m, nn.Conv3d):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             nn.init.zeros_(m.bias)
-    save_checkpoint(Checkpoint(cfg, tuple(tile), tuple(map(float, VOXEL_NM)), Normalization(), "mito",
-                               net.state_dict()), d / "model.pt")
+    save_checkpoint(
+        Checkpoint(cfg, tuple(tile), tuple(map(float, VOXEL_NM)), Normalization(), "mito", net.state_dict()),
+        d / "model.pt",
+    )
     torch.save(net.state_dict(), d / "state_dict.pt")
 
 
@@ -116,8 +120,16 @@ def _organet_predict(a: dict[str, Any]) -> dict[str, Any]:
     from organet.predict.run import predict_volume
 
     t0 = time.perf_counter()
-    res = predict_volume(a["model"], a["raw"], a["output"], tile_shape=a["tile_in"], batch_size=1, device="cpu",
-                         progress=False, overwrite=True)
+    res = predict_volume(
+        a["model"],
+        a["raw"],
+        a["output"],
+        tile_shape=a["tile_in"],
+        batch_size=1,
+        device="cpu",
+        progress=False,
+        overwrite=True,
+    )
     dt = time.perf_counter() - t0
     n = count_parameters(load_checkpoint(a["model"]).build_model())
     return {"seconds": dt, "peak_mib": _peak_rss_mib(), "tiles": res.tiles, "parameters": n}
@@ -136,8 +148,12 @@ def _organet_augment(a: dict[str, Any]) -> dict[str, Any]:
     cfg, norm = AugmentConfig(), Normalization()
     axes = transpose_axes_from_voxel_size(raw.voxel_size, rtol=1e-3)
     in_shape, out_shape = tuple(a["tile_in"]), tuple(a["tile_out"])
-    sampler = BlockSampler([rd], out_shape, upstream_shape(in_shape, cfg),
-                           SamplingConfig(reject_probability=0.0, mask_reject_probability=0.0))
+    sampler = BlockSampler(
+        [rd],
+        out_shape,
+        upstream_shape(in_shape, cfg),
+        SamplingConfig(reject_probability=0.0, mask_reject_probability=0.0),
+    )
     rng = np.random.default_rng(0)
     times = []
     for i in range(a["repeats"] + 1):
@@ -146,8 +162,12 @@ def _organet_augment(a: dict[str, Any]) -> dict[str, Any]:
         x, y, m = augment(norm.apply(s.raw, rd.raw_dtype), s.labels, s.mask, in_shape, out_shape, cfg, rng, axes)
         if i:  # the first batch is warm-up
             times.append(time.perf_counter() - t)
-    return {"seconds": float(np.mean(times)), "all_seconds": times, "peak_mib": _peak_rss_mib(),
-            "shapes": [list(x.shape), list(y.shape), list(m.shape)]}
+    return {
+        "seconds": float(np.mean(times)),
+        "all_seconds": times,
+        "peak_mib": _peak_rss_mib(),
+        "shapes": [list(x.shape), list(y.shape), list(m.shape)],
+    }
 
 
 def _child_env(threads: int) -> dict[str, str]:
@@ -172,8 +192,9 @@ def _organet(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _gunpowder(gp_python: Path, args: dict[str, Any]) -> dict[str, Any]:
-    return _run(f"gunpowder {args['mode']}", [str(gp_python), str(HERE / "_gp_side.py"), json.dumps(args)],
-                args["threads"])
+    return _run(
+        f"gunpowder {args['mode']}", [str(gp_python), str(HERE / "_gp_side.py"), json.dumps(args)], args["threads"]
+    )
 
 
 # -- comparison ---------------------------------------------------------------------------
@@ -248,12 +269,17 @@ def main() -> None:
     train_shape = (max(up) + 64,) * 3
     n_params = count_parameters(UNet(cfg))
     cpu = platform.processor() or platform.machine()
-    print(f"# organet vs gunpowder, {cpu}, {args.threads} threads, torch {torch.__version__}, "
-          f"gunpowder {_gp_version(args.gp_python)}\n")
-    print(f"U-Net {cfg.num_fmaps} fmaps, {len(cfg.downsample_factors)} downsamplings, {n_params:,} parameters; "
-          f"tile {tile[0]}^3 -> {tile_out[0]}^3; prediction volume {'x'.join(map(str, args.shape))}; "
-          f"augmentation input {tile[0]}^3 (organet upstream block {'x'.join(map(str, up))}, training volume "
-          f"{train_shape[0]}^3); fp32, batch 1\n", flush=True)
+    print(
+        f"# organet vs gunpowder, {cpu}, {args.threads} threads, torch {torch.__version__}, "
+        f"gunpowder {_gp_version(args.gp_python)}\n"
+    )
+    print(
+        f"U-Net {cfg.num_fmaps} fmaps, {len(cfg.downsample_factors)} downsamplings, {n_params:,} parameters; "
+        f"tile {tile[0]}^3 -> {tile_out[0]}^3; prediction volume {'x'.join(map(str, args.shape))}; "
+        f"augmentation input {tile[0]}^3 (organet upstream block {'x'.join(map(str, up))}, training volume "
+        f"{train_shape[0]}^3); fp32, batch 1\n",
+        flush=True,
+    )
 
     rows: list[tuple[str, str, float, str, float, str, str]] = []
     aug_rows: list[tuple[str, str, float, str, float, str, str]] = []
@@ -267,46 +293,95 @@ def main() -> None:
         store = str(d / "data.zarr")
         # augmentation first: it is quick, so a broken baseline venv shows before the long prediction
         if not args.skip_augment:
-            a = {**common, "mode": "augment", "repeats": args.repeats, "store": store, "voxel_size": list(VOXEL_NM),
-                 "datasets": {"raw": "train/raw", "labels": "train/labels", "mask": "train/mask"}}
+            a = {
+                **common,
+                "mode": "augment",
+                "repeats": args.repeats,
+                "store": store,
+                "voxel_size": list(VOXEL_NM),
+                "datasets": {"raw": "train/raw", "labels": "train/labels", "mask": "train/mask"},
+            }
             o, g = _organet(a), _gunpowder(args.gp_python, a)
             assert o["shapes"] == g["shapes"], (o["shapes"], g["shapes"])
             what = f"augment {tile[0]}^3 batch (mean of {args.repeats})"
-            aug_rows.append(("organet", what, o["seconds"], f"{1 / o['seconds']:.3f} batch/s", o["peak_mib"],
-                         f"{o['seconds'] / g['seconds']:.2f}", f"{o['peak_mib'] / g['peak_mib']:.2f}"))
-            aug_rows.append(("gunpowder", what, g["seconds"], f"{1 / g['seconds']:.3f} batch/s", g["peak_mib"], "1", "1"))
+            aug_rows.append(
+                (
+                    "organet",
+                    what,
+                    o["seconds"],
+                    f"{1 / o['seconds']:.3f} batch/s",
+                    o["peak_mib"],
+                    f"{o['seconds'] / g['seconds']:.2f}",
+                    f"{o['peak_mib'] / g['peak_mib']:.2f}",
+                )
+            )
+            aug_rows.append(
+                ("gunpowder", what, g["seconds"], f"{1 / g['seconds']:.3f} batch/s", g["peak_mib"], "1", "1")
+            )
 
         if not args.skip_predict:
-            o = _organet({**common, "mode": "predict", "model": str(d / "model.pt"), "raw": f"{store}/raw",
-                          "output": str(d / "organet.zarr")})
-            g = _gunpowder(args.gp_python, {**common, "mode": "predict", "store": store, "dataset": "raw",
-                                            "state_dict": str(d / "state_dict.pt"), "architecture": cfg.to_dict(),
-                                            "voxel_size": list(VOXEL_NM), "shape": list(args.shape),
-                                            "output": str(d / "gunpowder.zarr")})
+            o = _organet(
+                {
+                    **common,
+                    "mode": "predict",
+                    "model": str(d / "model.pt"),
+                    "raw": f"{store}/raw",
+                    "output": str(d / "organet.zarr"),
+                }
+            )
+            g = _gunpowder(
+                args.gp_python,
+                {
+                    **common,
+                    "mode": "predict",
+                    "store": store,
+                    "dataset": "raw",
+                    "state_dict": str(d / "state_dict.pt"),
+                    "architecture": cfg.to_dict(),
+                    "voxel_size": list(VOXEL_NM),
+                    "shape": list(args.shape),
+                    "output": str(d / "gunpowder.zarr"),
+                },
+            )
             assert o["parameters"] == g["parameters"] == n_params, (o["parameters"], g["parameters"], n_params)
             n = float(np.prod(args.shape))
             what = f"predict {'x'.join(map(str, args.shape))}"
-            rows.append(("organet", f"{what} ({o['tiles']} tiles)", o["seconds"], f"{n / o['seconds']:,.0f} vox/s",
-                         o["peak_mib"], f"{o['seconds'] / g['seconds']:.2f}", f"{o['peak_mib'] / g['peak_mib']:.2f}"))
-            rows.append(("gunpowder", f"{what} (Scan)", g["seconds"], f"{n / g['seconds']:,.0f} vox/s",
-                         g["peak_mib"], "1", "1"))
+            rows.append(
+                (
+                    "organet",
+                    f"{what} ({o['tiles']} tiles)",
+                    o["seconds"],
+                    f"{n / o['seconds']:,.0f} vox/s",
+                    o["peak_mib"],
+                    f"{o['seconds'] / g['seconds']:.2f}",
+                    f"{o['peak_mib'] / g['peak_mib']:.2f}",
+                )
+            )
+            rows.append(
+                ("gunpowder", f"{what} (Scan)", g["seconds"], f"{n / g['seconds']:,.0f} vox/s", g["peak_mib"], "1", "1")
+            )
             cmp = compare(d, tile_out, cfg.total_factor)
     print("\n| side | what | seconds | throughput | peak RSS MiB | time organet/gunpowder | RSS organet/gunpowder |")
     print("|---|---|---|---|---|---|---|")
     for side, what, s, thr, mib, rt, rm in rows + aug_rows:
         print(f"| {side} | {what} | {s:.2f} | {thr} | {mib:.0f} | {rt} | {rm} |")
     if cmp is not None:
-        print(f"\nSame network on both sides ({n_params:,} parameters each). Foreground probability "
-              f"(std {cmp['prob_std']:.3f}), max |organet - gunpowder|: {cmp['aligned_max']:.4f} on the "
-              f"{cmp['aligned_voxels']:,} voxels whose gunpowder chunk starts on the {cfg.total_factor[0]}-voxel "
-              f"pooling grid (organet stores uint8: <= {0.5 / 255:.4f} expected); {cmp['all_max']:.4f} over the "
-              f"whole volume, where {100 * cmp['all_frac_over']:.1f}% of voxels differ by more than 1/255 "
-              f"(gunpowder chunks off the pooling grid).")
+        print(
+            f"\nSame network on both sides ({n_params:,} parameters each). Foreground probability "
+            f"(std {cmp['prob_std']:.3f}), max |organet - gunpowder|: {cmp['aligned_max']:.4f} on the "
+            f"{cmp['aligned_voxels']:,} voxels whose gunpowder chunk starts on the {cfg.total_factor[0]}-voxel "
+            f"pooling grid (organet stores uint8: <= {0.5 / 255:.4f} expected); {cmp['all_max']:.4f} over the "
+            f"whole volume, where {100 * cmp['all_frac_over']:.1f}% of voxels differ by more than 1/255 "
+            f"(gunpowder chunks off the pooling grid)."
+        )
 
 
 def _gp_version(gp_python: Path) -> str:
-    p = subprocess.run([str(gp_python), "-c", "from importlib.metadata import version; print(version('gunpowder'))"],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [str(gp_python), "-c", "from importlib.metadata import version; print(version('gunpowder'))"],
+        capture_output=True,
+        text=True,
+    )
     return p.stdout.strip() or "?"
 
 

@@ -91,10 +91,19 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     reps = args.repeats or (10 if device.type == "cuda" else 2)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
-    print(f"# organet throughput, {date.today()}, device: {name}, torch {torch.__version__}, "
-          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}\n")
-    print("| network | params | input → output | forward s/tile | forward output voxels/s | train s/iteration | train iterations/s |")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"# organet throughput, {date.today()}, device: {name}, torch {torch.__version__}, "
+        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}\n"
+    )
+    print(
+        "| network | params | input → output | forward s/tile | forward output voxels/s "
+        "| train s/iteration | train iterations/s |"
+    )
     print("|---|---|---|---|---|---|---|")
     nets = [("reduced (16 fmaps, 3 levels)", REDUCED, [100, 156])]
     if not args.skip_full:
@@ -106,7 +115,9 @@ def main() -> None:
             t = train_rate(cfg, size, device, reps) if size == sizes[0] else float("nan")
             tr = "—" if np.isnan(t) else f"{t:.2f}"
             ti = "—" if np.isnan(t) else f"{1 / t:.3f}"
-            print(f"| {label} | {count_parameters(UNet(cfg)):,} | {size}³ → {out}³ | {s:.2f} | {vps:,.0f} | {tr} | {ti} |")
+            print(
+                f"| {label} | {count_parameters(UNet(cfg)):,} | {size}³ → {out}³ | {s:.2f} | {vps:,.0f} | {tr} | {ti} |"
+            )
 
 
 if __name__ == "__main__":

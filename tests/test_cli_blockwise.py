@@ -44,14 +44,25 @@ def invoke(*args) -> Out:
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli_bw")
     torch.manual_seed(1)
-    save_checkpoint(Checkpoint(CFG, (34, 34, 34), (5.0, 5.0, 5.0), Normalization(), "mito", UNet(CFG).state_dict()),
-                    d / "model.pt")
+    save_checkpoint(
+        Checkpoint(CFG, (34, 34, 34), (5.0, 5.0, 5.0), Normalization(), "mito", UNet(CFG).state_dict()), d / "model.pt"
+    )
     rng = np.random.default_rng(3)
     raw = rng.integers(0, 255, (32, 64, 64), dtype=np.uint8)
     with write_ome_zarr(d / "raw.zarr") as w:
         w.create_image(None, raw.shape, np.uint8, (5, 5, 5), (0, 0, 0), (32, 32, 32)).write(..., raw)
-    r = invoke("predict", "--model", d / "model.pt", "--input", d / "raw.zarr", "--output", d / "ref.zarr",
-               *TILE, "--device", "cpu")
+    r = invoke(
+        "predict",
+        "--model",
+        d / "model.pt",
+        "--input",
+        d / "raw.zarr",
+        "--output",
+        d / "ref.zarr",
+        *TILE,
+        "--device",
+        "cpu",
+    )
     assert r.exit_code == 0, r.output
     return d
 
@@ -63,8 +74,28 @@ def same(a: Path, b: Path) -> None:
 
 def test_predict_workers_equals_single_process_and_instances(files, tmp_path):
     out = tmp_path / "bw.zarr"
-    args = ["predict", "--model", files / "model.pt", "--input", files / "raw.zarr", "--output", out, *TILE,
-            "--device", "cpu", "--workers", "2", "--chunks", "16", "32", "32", "--block", "16", "64", "64"]
+    args = [
+        "predict",
+        "--model",
+        files / "model.pt",
+        "--input",
+        files / "raw.zarr",
+        "--output",
+        out,
+        *TILE,
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+        "--chunks",
+        "16",
+        "32",
+        "32",
+        "--block",
+        "16",
+        "64",
+        "64",
+    ]
     r = invoke(*args)
     assert r.exit_code == 0, r.output
     assert "2 blocks" in r.output
@@ -82,8 +113,20 @@ def test_instances_cli(files, tmp_path):
         w.create_image(None, blobs.shape, np.uint8, (5, 5, 5), (0, 0, 0), (16, 32, 32)).write(..., blobs)
     ref, n = ndimage.label(blobs)
     big = np.flatnonzero(np.bincount(ref.ravel())[1:] * 125 >= 1000)
-    r = invoke("instances", tmp_path / "m.zarr", "--output", tmp_path / "inst", "--min-size", 1000, "--raw",
-               files / "raw.zarr", "--block", 16, 32, 32)
+    r = invoke(
+        "instances",
+        tmp_path / "m.zarr",
+        "--output",
+        tmp_path / "inst",
+        "--min-size",
+        1000,
+        "--raw",
+        files / "raw.zarr",
+        "--block",
+        16,
+        32,
+        32,
+    )
     assert r.exit_code == 0, r.output
     assert f"{len(big)} objects" in r.output
     t = pd.read_csv(tmp_path / "inst" / "objects.csv")
@@ -95,11 +138,25 @@ def test_instances_cli(files, tmp_path):
 
 
 def test_predict_cli_errors(files, tmp_path, monkeypatch):
-    base = ["predict", "--model", files / "model.pt", "--input", files / "raw.zarr", "--output", tmp_path / "e.zarr",
-            *TILE, "--device", "cpu"]
-    for extra, msg in ((["--cluster", "k8s"], "unknown cluster"), (["--queue", "gpu"], "applies to --cluster"),
-                       (["--mask-rule", "big"], "mask rule"), (["--threshold", "1.5"], "threshold"),
-                       (["--tta", "spin"], "test-time augmentation")):
+    base = [
+        "predict",
+        "--model",
+        files / "model.pt",
+        "--input",
+        files / "raw.zarr",
+        "--output",
+        tmp_path / "e.zarr",
+        *TILE,
+        "--device",
+        "cpu",
+    ]
+    for extra, msg in (
+        (["--cluster", "k8s"], "unknown cluster"),
+        (["--queue", "gpu"], "applies to --cluster"),
+        (["--mask-rule", "big"], "mask rule"),
+        (["--threshold", "1.5"], "threshold"),
+        (["--tta", "spin"], "test-time augmentation"),
+    ):
         r = invoke(*base, *extra)
         assert r.exit_code == 2 and "error:" in r.output and msg in r.output, (extra, r.output)
     # a block shape that is not whole chunks is rounded, and the rounding reported
@@ -125,9 +182,29 @@ def test_predict_cli_errors(files, tmp_path, monkeypatch):
 
 def test_kill_9_of_the_client_then_resume(files, tmp_path):
     out = tmp_path / "k.zarr"
-    cmd = [sys.executable, "-m", "organet.cli", "predict", "--model", str(files / "model.pt"), "--input",
-           str(files / "raw.zarr"), "--output", str(out), *TILE, "--device", "cpu", "--chunks", "16", "16", "16",
-           "--block", "16", "16", "16"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "organet.cli",
+        "predict",
+        "--model",
+        str(files / "model.pt"),
+        "--input",
+        str(files / "raw.zarr"),
+        "--output",
+        str(out),
+        *TILE,
+        "--device",
+        "cpu",
+        "--chunks",
+        "16",
+        "16",
+        "16",
+        "--block",
+        "16",
+        "16",
+        "16",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     done = tmp_path / "k.zarr.progress" / "predict"

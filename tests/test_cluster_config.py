@@ -47,9 +47,16 @@ def script(kind, config, **kw) -> str:
 
 def test_slurm_job_script_from_config(config):
     s = script("slurm", config, walltime="08:00:00")  # an option overrides the file
-    for want in ("#SBATCH -p gpu_a100", "#SBATCH -A cellmap", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=60G",
-                 "#SBATCH -t 08:00:00", "#SBATCH --gres=gpu:1", "module load cuda/12.4",
-                 "--nthreads 8"):
+    for want in (
+        "#SBATCH -p gpu_a100",
+        "#SBATCH -A cellmap",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=60G",
+        "#SBATCH -t 08:00:00",
+        "#SBATCH --gres=gpu:1",
+        "module load cuda/12.4",
+        "--nthreads 8",
+    ):
         assert want in s, (want, s)
 
 

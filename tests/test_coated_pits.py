@@ -59,7 +59,9 @@ def test_every_object_classified_right(phantom, result):
 
 @pytest.mark.parametrize("metric, cls", [("height_nm", "pit"), ("neck_width_nm", "pit"), ("diameter_nm", "vesicle")])
 def test_metrics_within_one_voxel_median_two_max(phantom, result, metric, cls):
-    err = np.array([abs(row[metric] - tr[metric]) for tr, row in _match(result.table, phantom.truth) if tr["class"] == cls])
+    err = np.array(
+        [abs(row[metric] - tr[metric]) for tr, row in _match(result.table, phantom.truth) if tr["class"] == cls]
+    )
     assert len(err) and np.all(np.isfinite(err))
     assert np.median(err) <= VOX, err
     assert err.max() <= 2 * VOX, err
@@ -149,7 +151,9 @@ def test_command_writes_table_and_figures(phantom, tmp_path):
         _save(tmp_path / f"{name}.zarr", arr)
     out = tmp_path / "result"
     rc = coated_pits_command(
-        pred=str(tmp_path / "pred.zarr"), raw=str(tmp_path / "raw.zarr"), output=str(out),
+        pred=str(tmp_path / "pred.zarr"),
+        raw=str(tmp_path / "raw.zarr"),
+        output=str(out),
         cell_mask=str(tmp_path / "cell.zarr"),
     )
     assert rc == 0
@@ -168,12 +172,14 @@ def test_command_through_typer(phantom, tmp_path):
     _save(tmp_path / "empty.zarr", np.zeros_like(phantom.prediction))
     runner = CliRunner()
     res = runner.invoke(
-        app, ["--pred", str(tmp_path / "empty.zarr"), "--raw", str(tmp_path / "raw.zarr"), "--output", str(tmp_path / "o")]
+        app,
+        ["--pred", str(tmp_path / "empty.zarr"), "--raw", str(tmp_path / "raw.zarr"), "--output", str(tmp_path / "o")],
     )
     assert res.exit_code == 2
     assert "error:" in res.output and "no foreground voxels" in res.output
     res = runner.invoke(
-        app, ["--pred", str(tmp_path / "nope.zarr"), "--raw", str(tmp_path / "raw.zarr"), "--output", str(tmp_path / "o")]
+        app,
+        ["--pred", str(tmp_path / "nope.zarr"), "--raw", str(tmp_path / "raw.zarr"), "--output", str(tmp_path / "o")],
     )
     assert res.exit_code == 2 and "error:" in res.output
 

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from organet.analyze.instances import COLUMNS, label_instances
 from organet.errors import IncompatibleError, InputError
-from organet.volumes import Volume, VolumeError, open_volume
+from organet.volumes import Volume, open_volume
 
 
 def blobs(shape=(20, 22, 26), seed=0) -> np.ndarray:

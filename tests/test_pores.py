@@ -17,8 +17,8 @@ from organet.analyze.pores import (
     pore_normals,
     write_outputs,
 )
-from organet.cli.analyze import pores as pores_command
 from organet.analyze.pores_phantom import make_pore_phantom
+from organet.cli.analyze import pores as pores_command
 from organet.volumes import Volume, write_ome_zarr
 
 EXTENT = (400.0, 720.0, 720.0)
@@ -134,9 +134,10 @@ def test_collinear_and_coplanar_centroids():
     # collinear pores end-to-end: no surface, flagged
     pred = np.zeros((20, 20, 120), np.uint8)
     for k in range(5):
-        pred[8:12, 8:12, 10 + 22 * k:14 + 22 * k] = 1
-    res = analyze_pores(Volume(pred, (5, 5, 5)), Volume(np.full(pred.shape, 128, np.uint8), (5, 5, 5)),
-                        min_size_nm3=1000)
+        pred[8:12, 8:12, 10 + 22 * k : 14 + 22 * k] = 1
+    res = analyze_pores(
+        Volume(pred, (5, 5, 5)), Volume(np.full(pred.shape, 128, np.uint8), (5, 5, 5)), min_size_nm3=1000
+    )
     assert len(res.table) == 5 and res.table["flags"].str.contains("no_surface").all()
     assert any("collinear" in m for m in res.messages)
 
@@ -205,8 +206,15 @@ def test_pores_command_writes_table_and_plots(tmp_path, capsys):
     out = tmp_path / "out"
     rc = pores_command(pred=str(tmp_path / "np.zarr"), raw=str(tmp_path / "raw.zarr"), output=str(out), gallery=True)
     assert rc == 0
-    for name in ("pores.csv", "pores.parquet", "centroids.png", "surface_normals.png", "diameter_map.png",
-                 "diameter_histogram.png", "gallery.png"):
+    for name in (
+        "pores.csv",
+        "pores.parquet",
+        "centroids.png",
+        "surface_normals.png",
+        "diameter_map.png",
+        "diameter_histogram.png",
+        "gallery.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     csv = pd.read_csv(out / "pores.csv")
     pq = pd.read_parquet(out / "pores.parquet")

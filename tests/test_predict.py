@@ -68,8 +68,19 @@ def faults(tmp_path_factory):
 
 
 def set_faults(path, stage, blocks, counter_dir, times=-1, action="raise"):
-    path.write_text(json.dumps([{"stage": stage, "blocks": [list(b) for b in blocks], "times": times,
-                                 "action": action, "counter_dir": str(counter_dir)}]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "stage": stage,
+                    "blocks": [list(b) for b in blocks],
+                    "times": times,
+                    "action": action,
+                    "counter_dir": str(counter_dir),
+                }
+            ]
+        )
+    )
 
 
 def attempts(counter_dir, stage, block) -> int:
@@ -80,8 +91,9 @@ def attempts(counter_dir, stage, block) -> int:
 def files(tmp_path_factory, faults):
     d = tmp_path_factory.mktemp("predict")
     for name, vs in (("model.pt", 5.0), ("model10.pt", 10.0)):
-        save_checkpoint(Checkpoint(CFG, TILE, (vs, vs, vs), Normalization(), "mito", lively(CFG).state_dict()),
-                        d / name)
+        save_checkpoint(
+            Checkpoint(CFG, TILE, (vs, vs, vs), Normalization(), "mito", lively(CFG).state_dict()), d / name
+        )
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 255, (36, 50, 50), dtype=np.uint8)
     with write_ome_zarr(d / "raw.zarr") as w:
@@ -94,8 +106,10 @@ def files(tmp_path_factory, faults):
 def client(faults):
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as c:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as c,
+    ):
         yield c
 
 
@@ -146,8 +160,9 @@ def test_reflect_matches_numpy_pad():
 def test_read_with_context_mirrors_only_outside_volume():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (20, 21, 22), dtype=np.uint8)
-    np.testing.assert_array_equal(read_with_context(ArrayVolume(a), (-3, 5, 10), (10, 15, 30)),
-                                  np.pad(a, 10, mode="reflect")[7:20, 15:25, 20:40])
+    np.testing.assert_array_equal(
+        read_with_context(ArrayVolume(a), (-3, 5, 10), (10, 15, 30)), np.pad(a, 10, mode="reflect")[7:20, 15:25, 20:40]
+    )
     np.testing.assert_array_equal(read_with_context(ArrayVolume(a), (2, 3, 4), (5, 6, 7)), a[2:5, 3:6, 4:7])
 
 
@@ -234,7 +249,9 @@ def test_dask_equals_in_process_with_a_model_at_twice_the_voxel_size(files, clie
     vol = open_volume(files / "raw.zarr")
     mem = Predictor.from_checkpoint(files / "model10.pt", tile=TILE).predict(vol, ROI)
     np.testing.assert_array_equal(probability_to_uint8(mem), levels(tmp_path / "one.zarr")["probability/s0"])
-    assert not np.array_equal(levels(tmp_path / "one.zarr")["probability/s0"], levels(files / "ref.zarr")["probability/s0"])
+    assert not np.array_equal(
+        levels(tmp_path / "one.zarr")["probability/s0"], levels(files / "ref.zarr")["probability/s0"]
+    )
     # each worker loaded the model once and kept it
     n = client.run(lambda: len(__import__("organet.predict.predictor", fromlist=["_MODELS"])._MODELS))
     assert sorted(n.values()) == [1, 1]
@@ -332,7 +349,9 @@ def test_tta_does_not_depend_on_tiles_or_blocks(files, tmp_path):
     run(files, tmp_path / "a.zarr", tile=(42, 42, 42), block_shape=None, tta="mirror")
     run(files, tmp_path / "b.zarr", tta="mirror")
     assert_same(tmp_path / "a.zarr", tmp_path / "b.zarr")
-    assert not np.array_equal(levels(tmp_path / "a.zarr")["probability/s0"], levels(files / "ref.zarr")["probability/s0"])
+    assert not np.array_equal(
+        levels(tmp_path / "a.zarr")["probability/s0"], levels(files / "ref.zarr")["probability/s0"]
+    )
     with pytest.raises(InputError, match="equal y and x"):
         run(files, tmp_path / "y.zarr", tta="mirror+transpose", tile=(34, 34, 42))
     with pytest.raises(InputError, match="unknown test-time augmentation"):

@@ -15,8 +15,12 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_lucchi_roi_loads_binary_and_sampler_enriches_foreground():
-    spec = RoiSpec(raw=str(LUCCHI / "train_image.tif"), labels=str(LUCCHI / "train_mito.tif"),
-                   voxel_size=(5, 5, 5), roi_vox="0:40,:,:")
+    spec = RoiSpec(
+        raw=str(LUCCHI / "train_image.tif"),
+        labels=str(LUCCHI / "train_mito.tif"),
+        voxel_size=(5, 5, 5),
+        roi_vox="0:40,:,:",
+    )
     roi = load_roi(spec, cache_max_gib=1.0, index=0)
     assert roi.raw.shape == (40, 768, 1024) and roi.raw.dtype == np.uint8
     assert set(np.unique(roi.labels)) == {0, 1}

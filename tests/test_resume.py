@@ -168,7 +168,12 @@ def test_instances_killed_and_resumed_equals_uninterrupted(inst_inputs: Path, st
     info = json.loads((d / "result.json").read_text())
     assert info["resumed"] >= 13
     assert not partial.exists() and not progress.exists()
-    assert sorted(p.name for p in out.iterdir()) == ["labels.zarr", "objects.csv", "objects.parquet", "organet_run.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "labels.zarr",
+        "objects.csv",
+        "objects.parquet",
+        "organet_run.json",
+    ]
 
     ref = _inst_reference(d)
     assert _files(out / "labels.zarr") == _files(ref / "labels.zarr")  # byte-identical labels and metadata

@@ -120,8 +120,9 @@ def test_existing_output_is_refused_unless_overwrite_and_other_settings_are_not_
     _run(raw, out)  # the same run again: complete, nothing to do
     assert _tree(out) == ref
     with pytest.raises(InputError, match="already exists"):
-        preprocess_volume(open_volume(raw), out, PreprocessParams(**{**PARAMS, "clip_limit": 0.03}), block=CHUNKS,
-                          chunks=CHUNKS)
+        preprocess_volume(
+            open_volume(raw), out, PreprocessParams(**{**PARAMS, "clip_limit": 0.03}), block=CHUNKS, chunks=CHUNKS
+        )
     # a run that ended between its rename and removing its ledger: the rerun just finishes it
     Ledger.open(tmp_path / "clahe.progress", json.loads((out / "zarr.json").read_text())["attributes"]["organet_run"])
     _run(raw, out)

@@ -36,8 +36,6 @@ class IncompatibleError(OrganetError):
     """Inputs that do not fit together: voxel sizes, shapes, a model and its data, an earlier run."""
 
 
-
-
 class BlockFailures(RuntimeError):
     """Some blocks of a blockwise pass still failed after their retries.
 
@@ -52,4 +50,12 @@ class BlockFailures(RuntimeError):
         super().__init__(f"{len(failures)} of {total} blocks failed ({stage}){keep}:\n  " + "\n  ".join(lines))
 
 
-__all__ = ["BlockFailures", "CheckpointError", "ConfigError", "IncompatibleError", "InputError", "OrganetError", "VolumeError"]
+__all__ = [
+    "BlockFailures",
+    "CheckpointError",
+    "ConfigError",
+    "IncompatibleError",
+    "InputError",
+    "OrganetError",
+    "VolumeError",
+]

@@ -10,7 +10,7 @@ scripts pass nothing or a list's ``append``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 ProgressFn = Callable[[str, int, int], None]
 

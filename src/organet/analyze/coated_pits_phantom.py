@@ -59,7 +59,7 @@ class CoatedPitPhantom:
 
 
 def _pit_truth(R: float, c: float, r_n: float, membrane: float, coat: float) -> dict[str, float]:
-    r1, rm = R - membrane / 2, R + coat / 2
+    rm = R + coat / 2
     h = c + R + coat / 2
     y = h / 2 - c
     fwhm = float(2 * np.sqrt(rm**2 - y**2)) if abs(y) < rm else float("nan")
@@ -99,7 +99,7 @@ def make_coated_pit_phantom(
     zz, yy, xx = (np.arange(n, dtype=np.float32) * voxel for n in shape)
     Z, Y, X = np.meshgrid(zz, yy, xx, indexing="ij")
 
-    img = np.where(Y < y_pm, EXTRACELLULAR, np.where(Y > y_im, ORGANELLE, CYTOSOL)).astype(np.float32)
+    img = np.where(y_pm > Y, EXTRACELLULAR, np.where(y_im < Y, ORGANELLE, CYTOSOL)).astype(np.float32)
     # flat membranes first; pits cut holes in them
     img[np.abs(Y - y_pm) <= membrane / 2] = MEMBRANE
     img[np.abs(Y - y_im) <= membrane / 2] = MEMBRANE
@@ -125,8 +125,16 @@ def make_coated_pit_phantom(
             d = 2 * (R + coat / 2)
             truth.append(
                 {
-                    "id": oid, "class": "vesicle", "location": "free", "shape": "vesicle", "R_nm": R,
-                    "center_nm": (cz, cy, cx), "diameter_nm": d, "major_nm": d, "minor_nm": d, "eccentricity": 0.0,
+                    "id": oid,
+                    "class": "vesicle",
+                    "location": "free",
+                    "shape": "vesicle",
+                    "R_nm": R,
+                    "center_nm": (cz, cy, cx),
+                    "diameter_nm": d,
+                    "major_nm": d,
+                    "minor_nm": d,
+                    "eccentricity": 0.0,
                     "circle_diameter_nm": d,
                 }
             )
@@ -172,8 +180,15 @@ def make_coated_pit_phantom(
         foot = [cz, y0, cx]
         truth.append(
             {
-                "id": oid, "class": "pit", "location": "endocytic" if where == "pm" else "internal", "shape": shp,
-                "R_nm": R, "c_nm": c, "neck_mid_radius_nm": r_n, "center_nm": (cz, cy, cx), "foot_nm": tuple(foot),
+                "id": oid,
+                "class": "pit",
+                "location": "endocytic" if where == "pm" else "internal",
+                "shape": shp,
+                "R_nm": R,
+                "c_nm": c,
+                "neck_mid_radius_nm": r_n,
+                "center_nm": (cz, cy, cx),
+                "foot_nm": tuple(foot),
                 **_pit_truth(R, c, r_n, membrane, coat),
             }
         )
@@ -181,7 +196,7 @@ def make_coated_pit_phantom(
     img = ndi.gaussian_filter(img, blur_nm / voxel)
     img += rng.normal(0.0, noise, size=shape).astype(np.float32)
     raw = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    cell = (Y >= y_pm).astype(np.uint8)
+    cell = (y_pm <= Y).astype(np.uint8)
     for tr in truth:  # centroid of the predicted voxels, to match measurements to truth
         idx = np.argwhere(labels == tr["id"])
         tr["centroid_nm"] = tuple(float(v) for v in idx.mean(axis=0) * voxel)
@@ -220,16 +235,20 @@ def score(truth: list[dict[str, Any]], table: Any, voxel: float = 5.0) -> dict[s
         if want:
             rep["stage_n"] += 1
             rep["stage_ok"] += int(row["stage"] == want)
-        keys = ("height_nm", "neck_width_nm", "fwhm_nm", "major_nm", "minor_nm", "circle_diameter_nm")
+        keys: tuple[str, ...] = ("height_nm", "neck_width_nm", "fwhm_nm", "major_nm", "minor_nm", "circle_diameter_nm")
         keys = keys if tr["class"] == "pit" else ("diameter_nm", "major_nm", "minor_nm", "circle_diameter_nm")
         for k in keys:
             errs.setdefault(f"{tr['class']}:{k}", []).append(float(row[k]) - float(tr[k]))
     for k, e in errs.items():
         a = np.abs(np.asarray(e))
         rep["errors"][k] = {
-            "n": int(len(a)), "n_measured": int(np.isfinite(a).sum()), "mean_signed_nm": float(np.nanmean(e)),
-            "median_nm": float(np.nanmedian(a)), "max_nm": float(np.nanmax(a)),
-            "median_vox": float(np.nanmedian(a) / voxel), "max_vox": float(np.nanmax(a) / voxel),
+            "n": int(len(a)),
+            "n_measured": int(np.isfinite(a).sum()),
+            "mean_signed_nm": float(np.nanmean(e)),
+            "median_nm": float(np.nanmedian(a)),
+            "max_nm": float(np.nanmax(a)),
+            "median_vox": float(np.nanmedian(a) / voxel),
+            "max_vox": float(np.nanmax(a) / voxel),
         }
     return rep
 

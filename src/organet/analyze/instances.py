@@ -319,7 +319,11 @@ def _create_scratch(folder: Path, plan: BlockPlan) -> None:
 
     (folder / "work").mkdir(parents=True)
     zarr.create_array(
-        str(folder / _SCRATCH), shape=plan.roi.shape, dtype=np.uint32, chunks=plan.block_shape, fill_value=0,
+        str(folder / _SCRATCH),
+        shape=plan.roi.shape,
+        dtype=np.uint32,
+        chunks=plan.block_shape,
+        fill_value=0,
         zarr_format=3,
     )
 

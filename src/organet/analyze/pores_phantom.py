@@ -86,7 +86,8 @@ def make_pore_phantom(
     vs = np.broadcast_to(np.asarray(voxel_size, float), (3,)).copy()
     ext = np.asarray(extent_nm if extent_nm is not None else np.asarray(shape) * 5.0, float)
     if extent_nm is not None or not np.allclose(vs, 5.0):
-        shape = tuple(int(round(e / v)) for e, v in zip(ext, vs))
+        n = [int(round(e / v)) for e, v in zip(ext, vs)]
+        shape = (n[0], n[1], n[2])
     rng = np.random.default_rng(seed)
     h = separation_nm / 2
     centre_vol = (ext - 5.0) / 2
@@ -153,4 +154,4 @@ def make_pore_phantom(
     img = ndimage.gaussian_filter(img, sigma=blur_nm / vs, mode="nearest")
     img = img + rng.normal(0, noise, size=img.shape).astype(np.float32)
     raw = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
-    return PorePhantom(raw, pred, tuple(float(v) for v in vs), C, N, D, ell.c.copy(), separation_nm)
+    return PorePhantom(raw, pred, (float(vs[0]), float(vs[1]), float(vs[2])), C, N, D, ell.c.copy(), separation_nm)

@@ -21,9 +21,10 @@ worker owns one GPU.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from organet.errors import ConfigError
 
@@ -45,8 +46,18 @@ def _allowed_keys(cls: type) -> set[str]:
     keys: set[str] = set()
     for fn in (cls.job_cls.__init__, Job.__init__, JobQueueCluster.__init__):  # type: ignore[attr-defined]
         keys |= set(inspect.signature(fn).parameters)
-    return keys - {"self", "scheduler", "name", "job_cls", "loop", "asynchronous", "config_name", "base_class_kwargs",
-                   "job_kwargs", "n_workers"}
+    return keys - {
+        "self",
+        "scheduler",
+        "name",
+        "job_cls",
+        "loop",
+        "asynchronous",
+        "config_name",
+        "base_class_kwargs",
+        "job_kwargs",
+        "n_workers",
+    }
 
 
 def load_cluster_config(path: str | Path, kind: str) -> dict[str, Any]:

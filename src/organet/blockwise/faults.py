@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 ENV = "ORGANET_TEST_FAULTS"
 

@@ -35,8 +35,11 @@ _ENTRY = re.compile(r"^(\d+)_(\d+)_(\d+)\.json$")
 def _default(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         a = np.ascontiguousarray(o)
-        return {"__ndarray__": base64.b64encode(a.tobytes()).decode("ascii"), "dtype": a.dtype.str,
-                "shape": list(a.shape)}
+        return {
+            "__ndarray__": base64.b64encode(a.tobytes()).decode("ascii"),
+            "dtype": a.dtype.str,
+            "shape": list(a.shape),
+        }
     if isinstance(o, np.generic):
         return o.item()
     raise TypeError(f"cannot store {type(o).__name__} in a ledger entry")
@@ -93,8 +96,9 @@ class Ledger:
         if not led.path.exists():
             led.created = True
             led.path.mkdir(parents=True)
-            atomic_write_text(led.path / "ledger.json",
-                              json.dumps({"format": FORMAT, "version": VERSION, "run": run}, indent=1))
+            atomic_write_text(
+                led.path / "ledger.json", json.dumps({"format": FORMAT, "version": VERSION, "run": run}, indent=1)
+            )
         return led
 
     def _mismatch(self, run: dict[str, Any]) -> str:

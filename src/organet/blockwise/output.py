@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -64,9 +65,17 @@ def write_block(array_path: str | os.PathLike[str], region: Sequence[slice], dat
     fsync_chunks(array_path, sl, arr.chunks)
 
 
-def single_image(shape: Sequence[int], dtype: Any, voxel_size: Sequence[float], offset: Sequence[float],
-                 chunks: Sequence[int], attrs: dict[str, Any], *, name: str,
-                 fill_value: Any = 0) -> Callable[[Path], None]:
+def single_image(
+    shape: Sequence[int],
+    dtype: Any,
+    voxel_size: Sequence[float],
+    offset: Sequence[float],
+    chunks: Sequence[int],
+    attrs: dict[str, Any],
+    *,
+    name: str,
+    fill_value: Any = 0,
+) -> Callable[[Path], None]:
     """A :meth:`ResumableOutput.start` builder: one empty OME-Zarr image (array ``s0``) at the root."""
     from organet.volumes.ome_zarr import create_ome_image
 
@@ -157,6 +166,12 @@ class ResumableOutput:
 
 
 __all__ = [
-    "PARTIAL_SUFFIX", "PROGRESS_SUFFIX", "RUN_KEY", "ResumableOutput", "read_run", "single_image", "write_block",
+    "PARTIAL_SUFFIX",
+    "PROGRESS_SUFFIX",
+    "RUN_KEY",
+    "ResumableOutput",
+    "read_run",
+    "single_image",
+    "write_block",
     "write_run",
 ]

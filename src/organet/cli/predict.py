@@ -47,9 +47,7 @@ def predict(
     ] = None,
     chunks: Annotated[
         tuple[int, int, int] | None,
-        typer.Option(
-            help="output chunk shape (voxels); default: 64 or a divisor of the tile step", rich_help_panel=IO
-        ),
+        typer.Option(help="output chunk shape (voxels); default: 64 or a divisor of the tile step", rich_help_panel=IO),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output", rich_help_panel=IO)] = False,
     tile: Annotated[

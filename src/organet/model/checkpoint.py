@@ -121,7 +121,7 @@ def load_checkpoint(path: str | Path, expect_architecture: UNetConfig | None = N
         )
     ckpt = Checkpoint(
         architecture=arch,
-        input_shape=tuple(d["input_shape"]),  # type: ignore[arg-type]
+        input_shape=tuple(d["input_shape"]),
         voxel_size=tuple(float(v) for v in d["voxel_size"]),  # type: ignore[arg-type]
         normalization=Normalization(**d["normalization"]),
         organelle=d["organelle"],

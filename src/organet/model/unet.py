@@ -13,8 +13,8 @@ All shapes are in voxels, axis order (z, y, x).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -37,9 +37,7 @@ class UNetConfig:
     final_kernel_size: int = 3
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "downsample_factors", tuple(tuple(int(v) for v in f) for f in self.downsample_factors)
-        )
+        object.__setattr__(self, "downsample_factors", tuple(tuple(int(v) for v in f) for f in self.downsample_factors))
         if any(len(f) != 3 for f in self.downsample_factors):
             raise InputError(f"downsample_factors must be (z, y, x) triples, got {self.downsample_factors}")
         if self.num_fmaps < 1 or self.fmap_inc_factor < 1 or self.kernel_size < 1:
@@ -68,7 +66,7 @@ class UNetConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
+    def from_dict(cls, d: dict) -> UNetConfig:
         d = dict(d)
         d["downsample_factors"] = tuple(tuple(f) for f in d.get("downsample_factors", cls.downsample_factors))
         return cls(**d)
@@ -105,9 +103,7 @@ class UNet(nn.Module):
         self.pool = nn.ModuleList(nn.MaxPool3d(f, stride=f) for f in cfg.downsample_factors)
         self.upsample = nn.ModuleList(nn.Upsample(scale_factor=f, mode="nearest") for f in cfg.downsample_factors)
         # up[lvl] consumes concat(skip of level lvl, upsampled output of level lvl+1)
-        self.up = nn.ModuleList(
-            _conv_pass(fm[lvl] + fm[lvl + 1], fm[lvl], cfg) for lvl in range(cfg.num_levels - 1)
-        )
+        self.up = nn.ModuleList(_conv_pass(fm[lvl] + fm[lvl + 1], fm[lvl], cfg) for lvl in range(cfg.num_levels - 1))
         self.final = nn.Conv3d(fm[0], cfg.out_channels, cfg.final_kernel_size)
         # crop factor of up level lvl: product of the downsampling factors below it
         self._crop_factors: list[Shape3] = []
@@ -157,7 +153,8 @@ def init_weights(model: UNet, scheme: str = "kaiming") -> None:
                 nn.init.normal_(m.weight, std=1e-3)
             else:
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def output_shape(cfg: UNetConfig, in_shape: Sequence[int]) -> Shape3 | None:
@@ -206,8 +203,10 @@ def context(cfg: UNetConfig, in_shape: Sequence[int]) -> Shape3:
     """Voxels of context lost on each side, (in - out) / 2 per axis."""
     o = output_shape(cfg, in_shape)
     if o is None:
-        raise InputError(f"input shape {tuple(in_shape)} is not valid for this network; "
-                         f"valid isotropic sizes: {[s for s, _ in valid_sizes(cfg, 320)][-8:]} ...")
+        raise InputError(
+            f"input shape {tuple(in_shape)} is not valid for this network; "
+            f"valid isotropic sizes: {[s for s, _ in valid_sizes(cfg, 320)][-8:]} ..."
+        )
     return tuple((i - v) // 2 for i, v in zip(in_shape, o))  # type: ignore[return-value]
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,8 @@ class Predictor:
     Build one with :meth:`from_checkpoint` (picklable: workers load the checkpoint once
     per process) or :meth:`from_model` (a live network, in this process only).
     ``tile`` is the network input shape and ``anchor`` a voxel the tile grid passes
-    through (both at the model's voxel size; None: chosen by :meth:`for_region`). ``threads``: torch CPU threads per process (None: torch's default).
+    through (both at the model's voxel size; None: chosen by :meth:`for_region`).
+    ``threads``: torch CPU threads per process (None: torch's default).
     """
 
     architecture: UNetConfig
@@ -117,12 +119,20 @@ class Predictor:
 
         p = Path(path).expanduser().resolve()
         ck = load_checkpoint(p)
-        return cls(ck.architecture, ck.voxel_size, ck.normalization, checkpoint=str(p), organelle=ck.organelle,
-                   iteration=ck.iteration, **settings)
+        return cls(
+            ck.architecture,
+            ck.voxel_size,
+            ck.normalization,
+            checkpoint=str(p),
+            organelle=ck.organelle,
+            iteration=ck.iteration,
+            **settings,
+        )
 
     @classmethod
-    def from_model(cls, model: Any, voxel_size: Sequence[float], normalization: Normalization,
-                   **settings: Any) -> Predictor:
+    def from_model(
+        cls, model: Any, voxel_size: Sequence[float], normalization: Normalization, **settings: Any
+    ) -> Predictor:
         """A Predictor for a live ``UNet`` (training validation); not sent to other processes."""
         vs = (float(voxel_size[0]), float(voxel_size[1]), float(voxel_size[2]))
         return cls(model.cfg, vs, normalization, _model=model, **settings)
@@ -185,10 +195,17 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         """The settings that determine the output (for run records and metadata)."""
-        return {"checkpoint": self.checkpoint, "voxel_size": list(self.voxel_size), "organelle": self.organelle,
-                "iteration": self.iteration, "tile": list(self.tile) if self.tile else None,
-                "anchor": list(self.anchor) if self.anchor else None, "tta": self.tta,
-                "normalization": self.normalization.model_dump(), "batch_size": self.batch_size}
+        return {
+            "checkpoint": self.checkpoint,
+            "voxel_size": list(self.voxel_size),
+            "organelle": self.organelle,
+            "iteration": self.iteration,
+            "tile": list(self.tile) if self.tile else None,
+            "anchor": list(self.anchor) if self.anchor else None,
+            "tta": self.tta,
+            "normalization": self.normalization.model_dump(),
+            "batch_size": self.batch_size,
+        }
 
     # ------------------------------------------------------------------ prediction
     def _network(self, device: str) -> Any:
@@ -214,6 +231,8 @@ class Predictor:
         fixed = self.for_region(volume, roi)
         grid = fixed.grid()
         net = self._network(device)
+        lo: Sequence[int]
+        hi: Sequence[int]
         if f == (1, 1, 1):
             source: Any = volume
             lo, hi = roi.offset, roi.end

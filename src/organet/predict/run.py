@@ -21,9 +21,10 @@ import functools
 import hashlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -177,45 +178,86 @@ def predict_volume(
     if any(b % s and b < n for b, s, n in zip(plan.block_shape, step_in, roi.shape)):
         note = (note + "; " if note else "") + (
             f"blocks are not whole tile steps ({'x'.join(map(str, step_in))} voxels), so tiles on block edges are "
-            "computed more than once")
+            "computed more than once"
+        )
     offset_nm = tuple(o + r * v for o, r, v in zip(vol.offset, roi.offset, vol.voxel_size))
     output = Path(output).expanduser()
     model_path = pred.checkpoint
     run = {
         "predictor": pred.describe(),
         "checkpoint_sha256": _sha256(model_path) if model_path else None,
-        "input": vol.path, "input_shape": list(vol.shape), "voxel_size": list(vol.voxel_size),
-        "roi_offset": list(roi.offset), "roi_shape": list(roi.shape), "chunks": list(ch),
-        "block_shape": list(plan.block_shape), "threshold": float(threshold), "factor": list(factor),
+        "input": vol.path,
+        "input_shape": list(vol.shape),
+        "voxel_size": list(vol.voxel_size),
+        "roi_offset": list(roi.offset),
+        "roi_shape": list(roi.shape),
+        "chunks": list(ch),
+        "block_shape": list(plan.block_shape),
+        "threshold": float(threshold),
+        "factor": list(factor),
         "sample_mask": sample_mask.describe() if sample_mask is not None else None,
     }
     meta = {
-        "model": {"organelle": pred.organelle, "iteration": pred.iteration, "path": model_path,
-                  "voxel_size": list(pred.voxel_size)},
-        "normalization": pred.normalization.model_dump(), "source": vol.path,
+        "model": {
+            "organelle": pred.organelle,
+            "iteration": pred.iteration,
+            "path": model_path,
+            "voxel_size": list(pred.voxel_size),
+        },
+        "normalization": pred.normalization.model_dump(),
+        "source": vol.path,
         "roi_vox": {"offset": list(roi.offset), "shape": list(roi.shape)},
         **({"tta": pred.tta} if pred.tta else {}),
         **({"resampled": {"factor": list(factor), "upsampling": "linear"}} if factor != (1, 1, 1) else {}),
     }
     out = ResumableOutput(output, run, overwrite=overwrite)
     if out.complete:
-        return PredictionResult(output, roi, len(plan), 0, 0, len(plan), time.time() - t0, 0.0, _levels(output),
-                                already_complete=True, note=note)
-    out.start(functools.partial(_create_images, shape=roi.shape, chunks=ch, voxel_size=vol.voxel_size,
-                                offset_nm=offset_nm, meta=meta, threshold=threshold))
+        return PredictionResult(
+            output,
+            roi,
+            len(plan),
+            0,
+            0,
+            len(plan),
+            time.time() - t0,
+            0.0,
+            _levels(output),
+            already_complete=True,
+            note=note,
+        )
+    out.start(
+        functools.partial(
+            _create_images,
+            shape=roi.shape,
+            chunks=ch,
+            voxel_size=vol.voxel_size,
+            offset_nm=offset_nm,
+            meta=meta,
+            threshold=threshold,
+        )
+    )
     resumed = len(out.ledger.entries("predict"))
     job = _Job(pred, vol, str(out.partial), roi.offset, cut, sample_mask)
-    done = run_blocks(functools.partial(_predict_block, job), plan, stage="predict", ledger=out.ledger,
-                      client=client, retries=retries, progress=progress)
+    done = run_blocks(
+        functools.partial(_predict_block, job),
+        plan,
+        stage="predict",
+        ledger=out.ledger,
+        client=client,
+        retries=retries,
+        progress=progress,
+    )
     levels = 1
     for name, mode in IMAGES.items():
-        levels = build_pyramid(str(out.partial / name), mode, client=client, retries=retries, ledger=out.ledger,
-                               progress=progress)
+        levels = build_pyramid(
+            str(out.partial / name), mode, client=client, retries=retries, ledger=out.ledger, progress=progress
+        )
     out.commit()
     skipped = sum(1 for e in done.values() if e["status"] == "skipped")
     dt = time.time() - t0
-    return PredictionResult(output, roi, len(plan), len(plan) - resumed, skipped, resumed, dt,
-                            roi.size / max(dt, 1e-9), levels, note=note)
+    return PredictionResult(
+        output, roi, len(plan), len(plan) - resumed, skipped, resumed, dt, roi.size / max(dt, 1e-9), levels, note=note
+    )
 
 
 def _levels(output: Path) -> int:
@@ -226,15 +268,25 @@ def _levels(output: Path) -> int:
         return 0
 
 
-def _create_images(folder: Path, *, shape: Shape3, chunks: Shape3, voxel_size: Sequence[float],
-                   offset_nm: Sequence[float], meta: dict[str, Any], threshold: float) -> None:
+def _create_images(
+    folder: Path,
+    *,
+    shape: Shape3,
+    chunks: Shape3,
+    voxel_size: Sequence[float],
+    offset_nm: Sequence[float],
+    meta: dict[str, Any],
+    threshold: float,
+) -> None:
     """The empty ``probability`` and ``mask`` images of a fresh ``OUT.zarr.partial``."""
     root = zarr.open_group(str(folder), mode="w", zarr_format=3)
     for name in IMAGES:
-        kind = {"kind": "probability", "scale": 255} if name == "probability" else {"kind": "mask",
-                                                                                      "threshold": threshold}
-        create_ome_image(root.require_group(name), shape, np.uint8, voxel_size, offset_nm, chunks, {**kind, **meta},
-                         name=name)
+        kind = (
+            {"kind": "probability", "scale": 255} if name == "probability" else {"kind": "mask", "threshold": threshold}
+        )
+        create_ome_image(
+            root.require_group(name), shape, np.uint8, voxel_size, offset_nm, chunks, {**kind, **meta}, name=name
+        )
 
 
 __all__ = ["PredictionResult", "default_chunks", "predict_volume"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,12 @@ from organet.volumes import Roi, Volume
 
 _RULE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*$")
 _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
-    ">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal, "==": np.equal, "!=": np.not_equal,
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "<": np.less,
+    "<=": np.less_equal,
+    "==": np.equal,
+    "!=": np.not_equal,
 }
 
 
@@ -57,6 +63,6 @@ class SampleMask:
         end_nm = [o + e * v for o, e, v in zip(raw.offset, block.end, raw.voxel_size)]
         lo = [max(0, math.floor((b - o) / v + 1e-6)) for b, o, v in zip(begin_nm, m.offset, m.voxel_size)]
         hi = [min(n, math.ceil((e - o) / v - 1e-6)) for e, o, v, n in zip(end_nm, m.offset, m.voxel_size, m.shape)]
-        if any(h <= l for l, h in zip(lo, hi)):
+        if any(b <= a for a, b in zip(lo, hi)):
             return False
-        return bool(_OPS[op](m.read(Roi(lo, [h - l for l, h in zip(lo, hi)])), value).any())
+        return bool(_OPS[op](m.read(Roi(lo, [b - a for a, b in zip(lo, hi)])), value).any())

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -73,22 +74,26 @@ class TileGrid:
         c = [(i - o) // 2 for i, o in zip(self.tile_in, self.tile_out)]
         return (c[0], c[1], c[2])
 
-    def covering(self, lo: Sequence[int], hi: Sequence[int],
-                 anchor: Sequence[int] = (0, 0, 0)) -> tuple[Shape3, Shape3, list[Shape3]]:
+    def covering(
+        self, lo: Sequence[int], hi: Sequence[int], anchor: Sequence[int] = (0, 0, 0)
+    ) -> tuple[Shape3, Shape3, list[Shape3]]:
         """Tiles of the grid through ``anchor`` whose outputs cover ``[lo, hi)``:
         (buffer origin, buffer shape, tile output starts)."""
         k0 = [math.floor((a - o) / s) for a, o, s in zip(lo, anchor, self.step)]
         k1 = [math.ceil((b - o) / s) for b, o, s in zip(hi, anchor, self.step)]
         org = [o + k * s for o, k, s in zip(anchor, k0, self.step)]
         shape = [(b - a) * s for a, b, s in zip(k0, k1, self.step)]
-        starts = [(org[0] + k[0] * self.step[0], org[1] + k[1] * self.step[1], org[2] + k[2] * self.step[2])
-                  for k in itertools.product(*(range(b - a) for a, b in zip(k0, k1)))]
+        starts = [
+            (org[0] + k[0] * self.step[0], org[1] + k[1] * self.step[1], org[2] + k[2] * self.step[2])
+            for k in itertools.product(*(range(b - a) for a, b in zip(k0, k1)))
+        ]
         return (org[0], org[1], org[2]), (shape[0], shape[1], shape[2]), starts
 
     def count(self, lo: Sequence[int], hi: Sequence[int], anchor: Sequence[int] = (0, 0, 0)) -> int:
         """Number of tiles that cover ``[lo, hi)``."""
-        return math.prod(math.ceil((b - o) / s) - math.floor((a - o) / s)
-                         for a, b, o, s in zip(lo, hi, anchor, self.step))
+        return math.prod(
+            math.ceil((b - o) / s) - math.floor((a - o) / s) for a, b, o, s in zip(lo, hi, anchor, self.step)
+        )
 
 
 def tile_grid(cfg: UNetConfig, tile_in: Sequence[int]) -> TileGrid:
@@ -101,8 +106,9 @@ def tile_grid(cfg: UNetConfig, tile_in: Sequence[int]) -> TileGrid:
     f = cfg.total_factor
     step = ((tile_out[0] // f[0]) * f[0], (tile_out[1] // f[1]) * f[1], (tile_out[2] // f[2]) * f[2])
     if any(s == 0 for s in step):
-        raise InputError(f"tile {t} gives {tile_out} output voxels, fewer than the downsampling factor {f}; "
-                         "use a larger tile")
+        raise InputError(
+            f"tile {t} gives {tile_out} output voxels, fewer than the downsampling factor {f}; use a larger tile"
+        )
     return TileGrid(t, tile_out, step)
 
 
@@ -173,12 +179,17 @@ def run_tiles(
     ctx, step = grid.context, grid.step
     for b in range(0, len(starts), batch_size):
         batch = starts[b : b + batch_size]
-        x = np.stack([
-            normalization.apply(
-                read_with_context(raw, [a - c for a, c in zip(s, ctx)],
-                                  [a - c + t for a, c, t in zip(s, ctx, grid.tile_in)]), raw.dtype)
-            for s in batch
-        ])[:, None]
+        x = np.stack(
+            [
+                normalization.apply(
+                    read_with_context(
+                        raw, [a - c for a, c in zip(s, ctx)], [a - c + t for a, c, t in zip(s, ctx, grid.tile_in)]
+                    ),
+                    raw.dtype,
+                )
+                for s in batch
+            ]
+        )[:, None]
         xt = torch.from_numpy(x).to(device)
         acc = None
         for flips, transpose in variants:

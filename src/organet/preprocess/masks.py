@@ -195,8 +195,9 @@ def exclusion_mask_volume(
     if out.complete:
         return open_volume(out.path)
     attrs = {"kind": "evaluation_mask", "exclusion_zone_vox": [inner, outer], "source": truth.path}
-    out.start(single_image(truth.shape, np.uint8, truth.voxel_size, truth.offset, plan.chunks, attrs,
-                           name=out.path.stem))
+    out.start(
+        single_image(truth.shape, np.uint8, truth.voxel_size, truth.offset, plan.chunks, attrs, name=out.path.stem)
+    )
     run_blocks(
         functools.partial(_exclusion_block, _ExclusionJob(truth, inner, outer, str(out.partial))),
         plan,

@@ -40,7 +40,7 @@ class Normalization(BaseModel):
         return canonical_preprocess(v)
 
     @model_validator(mode="after")
-    def _check(self) -> "Normalization":
+    def _check(self) -> Normalization:
         if self.method == "linear":
             if self.low is None or self.high is None:
                 raise ValueError("method 'linear' needs both 'low' and 'high'")

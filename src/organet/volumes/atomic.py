@@ -16,9 +16,9 @@ import itertools
 import os
 import secrets
 import shutil
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 
 def _fsync_dir(path: Path) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 from organet.errors import InputError
 
@@ -45,8 +45,11 @@ class Block:
     def local(self, origin: Sequence[int]) -> tuple[slice, slice, slice]:
         """The block's voxels as slices relative to ``origin`` (e.g. the ROI offset of an output array)."""
         b, e = self.roi.offset, self.roi.end
-        return (slice(b[0] - origin[0], e[0] - origin[0]), slice(b[1] - origin[1], e[1] - origin[1]),
-                slice(b[2] - origin[2], e[2] - origin[2]))
+        return (
+            slice(b[0] - origin[0], e[0] - origin[0]),
+            slice(b[1] - origin[1], e[1] - origin[1]),
+            slice(b[2] - origin[2], e[2] - origin[2]),
+        )
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,13 @@ class BlockPlan:
         return (c[0], c[1], c[2])
 
     def describe(self) -> dict[str, object]:
-        return {"roi_offset": list(self.roi.offset), "roi_shape": list(self.roi.shape),
-                "block_shape": list(self.block_shape), "chunks": list(self.chunks), "context": list(self.context)}
+        return {
+            "roi_offset": list(self.roi.offset),
+            "roi_shape": list(self.roi.shape),
+            "block_shape": list(self.block_shape),
+            "chunks": list(self.chunks),
+            "context": list(self.context),
+        }
 
 
 def round_block_shape(requested: Sequence[int], unit: Sequence[int], extent: Sequence[int]) -> Shape3:
@@ -153,8 +161,10 @@ def plan_blocks(
         req = as_int3(block_shape, "block shape", minimum=1)
         shape = round_block_shape(req, u, roi.shape)
         if shape != tuple(min(r, n) for r, n in zip(req, roi.shape)):
-            note = (f"block shape {fmt_vec(req)} rounded to {fmt_vec(shape)} voxels "
-                    f"(a whole multiple of {fmt_vec(u)} per axis)")
+            note = (
+                f"block shape {fmt_vec(req)} rounded to {fmt_vec(shape)} voxels "
+                f"(a whole multiple of {fmt_vec(u)} per axis)"
+            )
     elif max_bytes is not None:
         z = u[0]
         y, x = roi.shape[1], roi.shape[2]

@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
     pass
 
 
-
 @dataclass(frozen=True)
 class _CopyJob:
     reader: Any  # Volume or DownsampledVolume (picklable: volumes reopen by path)

@@ -6,9 +6,10 @@ import json
 import os
 import secrets
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -35,7 +36,9 @@ def find_multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
     return None
 
 
-def ome_geometry(multiscale: dict[str, Any], dataset: dict[str, Any], shape: Sequence[int], where: str) -> tuple[int, Vec3, Vec3]:
+def ome_geometry(
+    multiscale: dict[str, Any], dataset: dict[str, Any], shape: Sequence[int], where: str
+) -> tuple[int, Vec3, Vec3]:
     """Geometry of one OME-Zarr dataset.
 
     Returns (number of leading non-spatial axes to squeeze, voxel size nm, offset nm),
@@ -65,7 +68,9 @@ def ome_geometry(multiscale: dict[str, Any], dataset: dict[str, Any], shape: Seq
         )
     scale = np.ones(ndim)
     trans = np.zeros(ndim)
-    for t in list(dataset.get("coordinateTransformations") or []) + list(multiscale.get("coordinateTransformations") or []):
+    for t in list(dataset.get("coordinateTransformations") or []) + list(
+        multiscale.get("coordinateTransformations") or []
+    ):
         kind = t.get("type")
         if kind == "identity":
             continue
@@ -94,7 +99,9 @@ def ome_geometry(multiscale: dict[str, Any], dataset: dict[str, Any], shape: Seq
     return n_lead, as_vec3(vs, f"{where}: OME scale", positive=True), as_vec3(off, f"{where}: OME translation")
 
 
-def ome_multiscale_attrs(name: str, voxel_size: Sequence[float], offset: Sequence[float], levels: int = 1) -> dict[str, Any]:
+def ome_multiscale_attrs(
+    name: str, voxel_size: Sequence[float], offset: Sequence[float], levels: int = 1
+) -> dict[str, Any]:
     """Group attributes of an OME-Zarr 0.5 image with ``levels`` scales ``s0, s1, ...``.
 
     Level ``k`` has voxels ``2**k`` times ``voxel_size`` (nm, z, y, x); its translation
@@ -106,13 +113,15 @@ def ome_multiscale_attrs(name: str, voxel_size: Sequence[float], offset: Sequenc
     datasets = []
     for lvl in range(levels):
         vs, off = downsampled_geometry(voxel_size, offset, (2**lvl,) * 3)
-        datasets.append({
-            "path": f"s{lvl}",
-            "coordinateTransformations": [
-                {"type": "scale", "scale": list(vs)},
-                {"type": "translation", "translation": list(off)},
-            ],
-        })
+        datasets.append(
+            {
+                "path": f"s{lvl}",
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": list(vs)},
+                    {"type": "translation", "translation": list(off)},
+                ],
+            }
+        )
     axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
     return {"ome": {"version": OME_VERSION, "multiscales": [{"name": name, "axes": axes, "datasets": datasets}]}}
 
@@ -143,12 +152,21 @@ def create_ome_image(
     ch = (min(ch[0], shape[0]), min(ch[1], shape[1]), min(ch[2], shape[2]))
     dtype = np.dtype(dtype)
     if level == 0:
-        group.attrs.update({**ome_multiscale_attrs(name or group.basename or "image", voxel_size, offset),
-                            ORGANET_KEY: dict(attrs or {})})
-    shuffle = "noshuffle" if dtype.itemsize == 1 else "shuffle"  # byte shuffle only helps multi-byte types
+        group.attrs.update(
+            {
+                **ome_multiscale_attrs(name or group.basename or "image", voxel_size, offset),
+                ORGANET_KEY: dict(attrs or {}),
+            }
+        )
+    shuffle: Literal["noshuffle", "shuffle"] = "noshuffle" if dtype.itemsize == 1 else "shuffle"  # helps >1 byte
     return group.create_array(
-        f"s{level}", shape=shape, dtype=dtype, chunks=ch, fill_value=fill_value,
-        compressors=[BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)], dimension_names=["z", "y", "x"],
+        f"s{level}",
+        shape=shape,
+        dtype=dtype,
+        chunks=ch,
+        fill_value=fill_value,
+        compressors=[BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)],
+        dimension_names=["z", "y", "x"],
         overwrite=overwrite,
     )
 
@@ -162,7 +180,8 @@ def set_levels(group: zarr.Group, levels: int, extra: dict[str, Any] | None = No
     ds0 = ms[0]["datasets"][0]["coordinateTransformations"]
     vs = next(t["scale"] for t in ds0 if t["type"] == "scale")
     off = next(t["translation"] for t in ds0 if t["type"] == "translation")
-    meta = {**dict(group.attrs.get(ORGANET_KEY) or {}), **(extra or {})}
+    old = group.attrs.get(ORGANET_KEY)
+    meta = {**(dict(old) if isinstance(old, dict) else {}), **(extra or {})}
     group.attrs.update({**ome_multiscale_attrs(ms[0].get("name", "image"), vs, off, levels), ORGANET_KEY: meta})
 
 
@@ -210,8 +229,9 @@ class OmeZarrWriter:
         except (TypeError, ValueError) as e:
             raise VolumeError(f"image attrs must be JSON-serialisable: {e}") from None
         group = self.root if name is None else self.root.require_group(name)
-        arr = create_ome_image(group, shape, dtype, vs, off, chunks, meta, name=name or self.path.stem,
-                               fill_value=fill_value)
+        arr = create_ome_image(
+            group, shape, dtype, vs, off, chunks, meta, name=name or self.path.stem, fill_value=fill_value
+        )
         final = str(self.path) if name is None else f"{self.path}/{name}"
         vol = Volume(arr, vs, off, path=final, attrs=meta, chunks=chunks, writable=True)
         vol._spec, vol._mode = (str(self.tmp_path) if name is None else f"{self.tmp_path}/{name}"), "r+"
@@ -258,10 +278,9 @@ def write_ome_zarr(dst: str | os.PathLike[str], overwrite: bool = False) -> Iter
         writer._abort()
         remove_path(tmp)
         raise
-    if dst.exists() or dst.is_symlink():
-        if not overwrite:
-            writer._abort()
-            remove_path(tmp)
-            raise VolumeError(f"output appeared while writing: {dst} (pass overwrite=True to replace it)")
+    if (dst.exists() or dst.is_symlink()) and not overwrite:
+        writer._abort()
+        remove_path(tmp)
+        raise VolumeError(f"output appeared while writing: {dst} (pass overwrite=True to replace it)")
     replace_path(tmp, dst)
     writer._commit()

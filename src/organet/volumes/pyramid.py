@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -66,11 +67,26 @@ def build_pyramid(
     for lvl in range(1, len(shapes)):
         stage = f"pyramid {Path(group_path).name} s{lvl}"
         if ledger is None or not ledger.entries(stage):
-            create_ome_image(group, shapes[lvl], s0.dtype, (1.0, 1.0, 1.0), chunks=chunks, level=lvl, overwrite=True,
-                             fill_value=s0.fill_value)
+            create_ome_image(
+                group,
+                shapes[lvl],
+                s0.dtype,
+                (1.0, 1.0, 1.0),
+                chunks=chunks,
+                level=lvl,
+                overwrite=True,
+                fill_value=s0.fill_value,
+            )
         plan = plan_blocks(Roi((0, 0, 0), shapes[lvl]), chunks, target=2 * max(chunks))
-        run_blocks(functools.partial(_level_block, group_path, lvl, mode), plan, stage=stage, ledger=ledger,
-                   client=client, retries=retries, progress=progress)
+        run_blocks(
+            functools.partial(_level_block, group_path, lvl, mode),
+            plan,
+            stage=stage,
+            ledger=ledger,
+            client=client,
+            retries=retries,
+            progress=progress,
+        )
     set_levels(group, len(shapes), {"pyramid": {"levels": len(shapes), "downsample": mode}})
     return len(shapes)
 

@@ -14,7 +14,8 @@ coordinate ``(j + 0.5) / f - 0.5``. Axis order (z, y, x) throughout.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -77,7 +78,9 @@ def downsample_block(a: np.ndarray, factor: Sequence[int], mode: Mode = "mean") 
     return r.astype(a.dtype)
 
 
-def downsampled_geometry(voxel_size: Sequence[float], offset: Sequence[float], factor: Sequence[int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def downsampled_geometry(
+    voxel_size: Sequence[float], offset: Sequence[float], factor: Sequence[int]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(voxel size, offset) in nm of the grid downsampled by ``factor``."""
     f = as_factor(factor)
     vs = tuple(float(v) * k for v, k in zip(voxel_size, f))
@@ -110,16 +113,20 @@ class DownsampledVolume:
         return Roi((0, 0, 0), self.shape)
 
     def read(self, roi: Roi | tuple[slice, ...]) -> np.ndarray:
+        lo: Sequence[int]
+        hi: Sequence[int]
         if isinstance(roi, Roi):
             lo, hi = roi.offset, roi.end
         else:
-            lo = tuple(0 if s.start is None else s.start for s in roi)
-            hi = tuple(n if s.stop is None else s.stop for s, n in zip(roi, self.shape))
+            lo = [0 if s.start is None else s.start for s in roi]
+            hi = [n if s.stop is None else s.stop for s, n in zip(roi, self.shape)]
         fine = tuple(slice(a * k, min(b * k, n)) for a, b, k, n in zip(lo, hi, self.factor, self.base.shape))
         return downsample_block(np.asarray(self.base.read(fine)), self.factor, self.mode)
 
 
-def coarse_cover(fine_lo: Sequence[int], fine_hi: Sequence[int], factor: Sequence[int], coarse_shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def coarse_cover(
+    fine_lo: Sequence[int], fine_hi: Sequence[int], factor: Sequence[int], coarse_shape: Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Coarse voxel range ``[lo, hi)`` needed to linearly interpolate fine voxels
     ``[fine_lo, fine_hi)`` (clipped to the coarse volume)."""
     f = as_factor(factor)

@@ -277,3 +277,23 @@ def test_cluster_options_and_roi_options(files):
     assert parse_roi_options(vol, None, "10:20,:,:").shape == (2, 40, 44)
     with pytest.raises(InputError, match="not both"):
         parse_roi_options(vol, "2:4,:,:", "10:20,:,:")
+
+
+def test_evaluate_two_tiffs_without_metadata_with_one_voxel_size(tmp_path):
+    """Issue 13: --voxel-size applies to every file that lacks it, the prediction included."""
+    truth = np.zeros((8, 16, 16), np.uint8)
+    truth[2:6, 4:12, 4:12] = 1
+    pred = truth.copy()
+    pred[2:6, 4:12, 4:6] = 0  # 2 of 8 columns missed: recall 0.75
+    tifffile.imwrite(tmp_path / "a.tif", pred)
+    tifffile.imwrite(tmp_path / "b.tif", truth)
+    r = invoke("evaluate", "--pred", tmp_path / "a.tif", "--truth", tmp_path / "b.tif", "--voxel-size", 5, 5, 5)
+    assert r.exit_code == 0, r.output
+    assert "0.857" in r.output  # F1 = 2 * 0.75 / 1.75
+    # a file that carries its own voxel size keeps it, and a real mismatch is named
+    from organet.volumes import write_ome_zarr
+
+    with write_ome_zarr(tmp_path / "p.zarr") as w:
+        w.create_image(None, pred.shape, np.uint8, (10, 10, 10)).write(..., pred)
+    r = invoke("evaluate", "--pred", tmp_path / "p.zarr", "--truth", tmp_path / "b.tif", "--voxel-size", 5, 5, 5)
+    assert r.exit_code == 2 and "has voxel size (5, 5, 5) nm but the prediction" in r.output, r.output

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from organet.predict.cluster import jobqueue_kwargs, load_cluster_config, make_jobqueue_cluster
+from organet.blockwise.cluster import jobqueue_kwargs, load_cluster_config, make_jobqueue_cluster
+from organet.errors import ConfigError
 
 CONFIG = """
 jobqueue:
@@ -73,7 +74,7 @@ def test_cluster_config_errors(config, tmp_path):
         jobqueue_kwargs("slurm", None, partition="x", cores=1, memory="1GB")
     with pytest.raises(ValueError, match="needs 'memory'"):
         jobqueue_kwargs("slurm", None, cores=2)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="cluster config not found"):
         load_cluster_config(tmp_path / "missing.yaml", "slurm")
     flat = tmp_path / "flat.yaml"
     flat.write_text("cores: 2\nmemory: 4GB\n")

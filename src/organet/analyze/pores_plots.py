@@ -5,11 +5,12 @@ matplotlib is imported when a plot is drawn, not with this module.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from organet.volumes.atomic import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -25,9 +26,8 @@ def _figure(**kwargs: Any) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> str:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
     return str(path)
 
 

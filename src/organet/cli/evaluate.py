@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from organet.cli.errors import handle_errors
@@ -25,7 +24,8 @@ from organet.cli.options import (
 )
 from organet.cli.output import console, say
 from organet.cli.tables import evaluation_tables, print_tables
-from organet.errors import IncompatibleError, InputError
+from organet.errors import InputError
+from organet.volumes.geometry import check_same_voxel_size
 
 SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
@@ -36,7 +36,8 @@ def evaluate(
     truth: Annotated[str, typer.Option(help="ground-truth labels (foreground > 0)")],
     mask: Annotated[str | None, typer.Option(help="evaluate only where this is > 0")] = None,
     voxel_size: Annotated[
-        tuple[float, float, float] | None, typer.Option(help="nm (z, y, x) of truth and mask if their files lack it")
+        tuple[float, float, float] | None,
+        typer.Option(help="nm (z, y, x) of prediction, truth and mask files that lack it"),
     ] = None,
     exclusion_zone: Annotated[
         tuple[int, int] | None, typer.Option(help="ignore IN voxels inside / OUT outside the true boundary")
@@ -67,9 +68,9 @@ def evaluate(
     from organet.evaluate import EXCLUSION_ZONE_WIDTHS, evaluate_volumes, plot_threshold_sweep
     from organet.volumes import open_volume
 
-    p = open_volume(pred)
-    t = open_volume(truth, voxel_size=voxel_size)
-    m = open_volume(mask, voxel_size=voxel_size) if mask else None
+    p = open_volume(pred, default_voxel_size=voxel_size)
+    t = open_volume(truth, default_voxel_size=voxel_size)
+    m = open_volume(mask, default_voxel_size=voxel_size) if mask else None
     if exclusion_zone is not None and organelle is not None:
         raise InputError("give either --exclusion-zone or --organelle, not both")
     ez = exclusion_zone
@@ -77,11 +78,10 @@ def evaluate(
         if organelle not in EXCLUSION_ZONE_WIDTHS:
             raise InputError(f"--organelle {organelle!r}: expected one of {sorted(EXCLUSION_ZONE_WIDTHS)}")
         ez = (EXCLUSION_ZONE_WIDTHS[organelle],) * 2
-    for v, what in ((t, "truth"), (m, "mask")):
-        if v is not None and not np.allclose(v.voxel_size, p.voxel_size, rtol=1e-3):
-            raise IncompatibleError(
-                f"{what} voxel size {tuple(v.voxel_size)} nm differs from the prediction's {tuple(p.voxel_size)} nm; "
-                "pass --voxel-size if the file lacks it"
+    for v, what in ((t, f"truth {truth}"), (m, f"mask {mask}")):
+        if v is not None:
+            check_same_voxel_size(
+                v.voxel_size, p.voxel_size, what, f"the prediction {pred}", "pass --voxel-size for files that lack it"
             )
     roi = parse_roi_options(t, roi_vox, roi_nm)
     begin, end = roi.to_nm(t.voxel_size, t.offset) if roi is not None else p.bounds_nm

@@ -97,12 +97,12 @@ def predict(
     from organet.predict import Predictor, SampleMask, predict_volume
     from organet.volumes import open_volume
 
-    vol = open_volume(input, voxel_size=voxel_size)
+    vol = open_volume(input, default_voxel_size=voxel_size)
     roi = parse_roi_options(vol, roi_vox, roi_nm)
     predictor = Predictor.from_checkpoint(model, tile=tile, batch_size=batch_size, device=device, tta=tta)
     sample = None
     if mask is not None or mask_rule is not None:
-        mvol = open_volume(mask, voxel_size=voxel_size) if mask is not None else None
+        mvol = open_volume(mask, default_voxel_size=voxel_size) if mask is not None else None
         sample = SampleMask(mvol, mask_rule)
     cl = ClusterOptions(workers, cluster, scheduler, cluster_config, queue, cores, memory, walltime, gpus)
     with warnings.catch_warnings(), cl.client() as client, ProgressBars() as progress:

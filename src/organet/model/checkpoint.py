@@ -9,8 +9,6 @@ Writes are atomic (temporary file, then rename).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 from organet.errors import CheckpointError
 from organet.model.unet import UNet, UNetConfig, output_shape
 from organet.preprocess.normalize import Normalization
+from organet.volumes.atomic import atomic_path
 
 FORMAT = "organet-checkpoint"
 VERSION = 1
@@ -85,15 +84,8 @@ class Checkpoint:
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     """Write ``ckpt`` to ``path`` atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(ckpt.to_dict(), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

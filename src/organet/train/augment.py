@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import ndimage as ndi
 
-Shape3 = tuple[int, int, int]
+from organet.volumes.geometry import Shape3
 
 __all__ = [
     "AugmentConfig",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +37,8 @@ from organet.train.augment import augment, upstream_shape
 from organet.train.loss import balanced_cross_entropy
 from organet.train.plots import plot_curves
 from organet.train.sampling import BlockSampler, check_binary, load_roi, open_roi_volumes
+from organet.volumes.atomic import atomic_write_text
+from organet.volumes.foreground import foreground, prediction_kind
 
 
 @dataclass
@@ -67,9 +68,7 @@ def _metrics_rows(path: Path) -> list[dict[str, Any]]:
 def _truncate_metrics(path: Path, iteration: int) -> None:
     """Drop rows logged after ``iteration`` (work lost since the last checkpoint)."""
     rows = [r for r in _metrics_rows(path) if r["iteration"] <= iteration]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -162,7 +161,7 @@ class Trainer:
     def _load_validation(self, spec: RoiSpec, index: int) -> ValidationRoi:
         raw, labels, mask, roi = open_roi_volumes(spec)
         lab = check_binary(labels.read(roi), f"{labels.path} (ROI {roi})")
-        m = (mask.read(roi) > 0).astype(np.uint8) if mask is not None else None
+        m = foreground(mask.read(roi), prediction_kind(mask)).astype(np.uint8) if mask is not None else None
         return ValidationRoi(spec.name or f"val{index}", spec.naive, raw, roi, lab, m)
 
     def _init_from(self, path: Path) -> None:

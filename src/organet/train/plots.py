@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from organet.volumes.atomic import atomic_path
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -45,7 +46,6 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     return path

@@ -21,8 +21,8 @@ import numpy as np
 from organet.config import RoiSpec, SamplingConfig
 from organet.errors import ConfigError
 from organet.volumes import Roi, Volume, open_volume, parse_roi
-
-Shape3 = tuple[int, int, int]
+from organet.volumes.foreground import foreground, prediction_kind
+from organet.volumes.geometry import Shape3
 
 
 @dataclass
@@ -85,7 +85,7 @@ def load_roi(spec: RoiSpec, cache_max_gib: float, index: int) -> RoiData:
     lab = check_binary(labels.read(roi), f"{labels.path} (ROI {roi})")
     m = None
     if mask is not None:
-        m = (mask.read(roi) > 0).astype(np.uint8)
+        m = foreground(mask.read(roi), prediction_kind(mask)).astype(np.uint8)
     return RoiData(name, raw.read(roi), lab, m, raw.dtype, raw.voxel_size, roi)
 
 

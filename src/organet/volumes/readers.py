@@ -529,11 +529,13 @@ def open_volume(
     offset: Sequence[float] | None = None,
     *,
     mode: str = "r",
+    default_voxel_size: Sequence[float] | None = None,
 ) -> Volume:
     """Open an image volume lazily (nothing but metadata is read).
 
     ``spec``: see ``ACCEPTED_FORMS``. ``voxel_size`` / ``offset`` (nm, z, y, x) override
-    the file's metadata; without any voxel size, (1, 1, 1) is used with a warning.
+    the file's metadata; ``default_voxel_size`` applies only when the file has none (a
+    TIFF from instrument software); without any voxel size, (1, 1, 1) is used with a warning.
     ``mode="r+"`` opens zarr, N5 and HDF5 data writable.
     """
     if mode not in ("r", "r+"):
@@ -554,6 +556,8 @@ def open_volume(
     opened = _READERS[kind](container, inner, mode)
     try:
         vs = as_vec3(voxel_size, "voxel_size (nm)", positive=True) if voxel_size is not None else opened.voxel_size
+        if vs is None and default_voxel_size is not None:
+            vs = as_vec3(default_voxel_size, "voxel_size (nm)", positive=True)
         if vs is None:
             warnings.warn(
                 f"no voxel size found for {text} ({opened.note}); using (1.0, 1.0, 1.0) nm. "

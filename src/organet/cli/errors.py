@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from organet import __version__
-from organet.errors import OrganetError
+from organet.errors import BlockFailures, OrganetError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,14 +68,6 @@ def user_message(e: BaseException) -> str | None:
     return None
 
 
-def _block_failures() -> tuple[type[BaseException], ...]:
-    """The exception classes that mean "some blocks kept failing" (exit 1, not a bug)."""
-    import organet.errors
-
-    cls = getattr(organet.errors, "BlockFailures", None)
-    return (cls,) if isinstance(cls, type) else ()
-
-
 def add_bug_note(e: BaseException) -> None:
     """Mark ``e`` as a bug: the note is printed after its traceback (on Python < 3.11,
     where exceptions have no notes, it is printed at once, before the traceback)."""
@@ -102,7 +94,7 @@ def handle_errors(fn: F) -> F:
             msg = user_message(e)
             if msg is not None:
                 fail(msg)
-            if isinstance(e, _block_failures()):
+            if isinstance(e, BlockFailures):
                 fail(e, EXIT_BLOCKS_FAILED)
             add_bug_note(e)
             raise

@@ -23,6 +23,7 @@ from organet.cli.options import (
     parse_roi_options,
 )
 from organet.cli.output import console, say
+from organet.cli.progress import ProgressBars
 from organet.cli.tables import evaluation_tables, print_tables
 from organet.errors import InputError
 from organet.volumes.geometry import check_same_voxel_size
@@ -47,7 +48,10 @@ def evaluate(
     sweep: Annotated[bool, typer.Option(help="thresholds 0.05..0.95 and a PNG")] = False,
     roi_vox: Annotated[str | None, typer.Option("--roi-vox", help="region in truth voxels: z0:z1,y0:y1,x0:x1")] = None,
     roi_nm: RoiNm = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the result as JSON")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="write the result as JSON; the evaluation then resumes from JSON.progress"),
+    ] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of the threshold sweep")] = None,
     workers: Workers = None,
     cluster: Cluster = None,
@@ -89,8 +93,19 @@ def evaluate(
     m = m.crop_nm(begin, end) if m is not None else None
     thresholds = SWEEP if sweep else tuple(threshold or [0.5])
     cl = ClusterOptions(workers, cluster, scheduler, cluster_config, queue, cores, memory, walltime, gpus)
-    with cl.client() as client:
-        res = evaluate_volumes(p, t, m, exclusion=ez, thresholds=thresholds, client=client)
+    with cl.client() as client, ProgressBars() as progress:
+        ledger = json_out.with_name(json_out.name + ".progress") if json_out else None
+        res = evaluate_volumes(
+            p,
+            t,
+            m,
+            exclusion=ez,
+            thresholds=thresholds,
+            client=client,
+            ledger=ledger,
+            overwrite=True,  # a ledger of another evaluation is only a cache: start over
+            progress=progress,
+        )
     print_tables(console, evaluation_tables(res))
     if json_out:
         res.write_json(json_out)

@@ -7,7 +7,21 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from organet.cli.errors import handle_errors
-from organet.cli.options import Overwrite, RoiVox, VoxelSize
+from organet.cli.options import (
+    Cluster,
+    ClusterConfig,
+    ClusterOptions,
+    Cores,
+    Gpus,
+    Memory,
+    Overwrite,
+    Queue,
+    RoiVox,
+    Scheduler,
+    VoxelSize,
+    Walltime,
+    Workers,
+)
 from organet.cli.output import say
 from organet.cli.progress import ProgressBars
 
@@ -45,6 +59,16 @@ def preprocess(
     voxel_size: VoxelSize = None,
     roi_vox: RoiVox = None,
     overwrite: Overwrite = False,
+    workers: Workers = None,
+    cluster: Cluster = None,
+    scheduler: Scheduler = None,
+    cluster_config: ClusterConfig = None,
+    queue: Queue = None,
+    cores: Cores = None,
+    memory: Memory = None,
+    walltime: Walltime = None,
+    gpus: Gpus = None,
+    retries: Annotated[int, typer.Option(help="retries per failing block")] = 2,
 ) -> None:
     """Contrast-normalize a raw volume blockwise into a uint8 OME-Zarr (method recorded in its metadata)."""
     from organet.preprocess.intensity import PreprocessParams, preprocess_volume
@@ -60,8 +84,11 @@ def preprocess(
         }
     )
     vol = _open(raw, voxel_size, roi_vox)
-    with ProgressBars() as progress:
-        out = preprocess_volume(vol, output, params, block=block, overwrite=overwrite, progress=progress)
+    cl = ClusterOptions(workers, cluster, scheduler, cluster_config, queue, cores, memory, walltime, gpus)
+    with cl.client() as client, ProgressBars() as progress:
+        out = preprocess_volume(
+            vol, output, params, block=block, overwrite=overwrite, progress=progress, client=client, retries=retries
+        )
     say(f"wrote {output}: {params.record()} shape {out.shape} uint8, voxel size {out.voxel_size} nm")
 
 

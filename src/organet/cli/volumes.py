@@ -8,8 +8,25 @@ from typing import TYPE_CHECKING, Annotated, cast
 import typer
 
 from organet.cli.errors import handle_errors
-from organet.cli.options import Overwrite, RoiNm, RoiVox, VoxelSize, parse_roi_options
+from organet.cli.options import (
+    Cluster,
+    ClusterConfig,
+    ClusterOptions,
+    Cores,
+    Gpus,
+    Memory,
+    Overwrite,
+    Queue,
+    RoiNm,
+    RoiVox,
+    Scheduler,
+    VoxelSize,
+    Walltime,
+    Workers,
+    parse_roi_options,
+)
 from organet.cli.output import console, say
+from organet.cli.progress import ProgressBars
 
 if TYPE_CHECKING:  # pragma: no cover
     from organet.volumes.resample import Mode
@@ -32,23 +49,38 @@ def convert(
         str, typer.Option(help="how a block becomes one voxel: mean (raw), majority (0/1 labels) or max")
     ] = "mean",
     overwrite: Overwrite = False,
+    workers: Workers = None,
+    cluster: Cluster = None,
+    scheduler: Scheduler = None,
+    cluster_config: ClusterConfig = None,
+    queue: Queue = None,
+    cores: Cores = None,
+    memory: Memory = None,
+    walltime: Walltime = None,
+    gpus: Gpus = None,
+    retries: Annotated[int, typer.Option(help="retries per failing block")] = 2,
 ) -> None:
     """Stream any volume into OME-Zarr 0.5 (never the whole volume in memory)."""
     from organet.volumes import convert_volume, open_volume
 
     src_vol = open_volume(src, voxel_size=voxel_size, offset=offset)
     roi = parse_roi_options(src_vol, roi_vox, roi_nm)
-    out = convert_volume(
-        src,
-        dst,
-        voxel_size=voxel_size,
-        offset=offset,
-        chunks=chunks,
-        roi=roi,
-        overwrite=overwrite,
-        downsample=downsample,
-        downsample_mode=cast("Mode", downsample_mode),  # convert_volume checks the name
-    )
+    cl = ClusterOptions(workers, cluster, scheduler, cluster_config, queue, cores, memory, walltime, gpus)
+    with cl.client() as client, ProgressBars() as progress:
+        out = convert_volume(
+            src,
+            dst,
+            voxel_size=voxel_size,
+            offset=offset,
+            chunks=chunks,
+            roi=roi,
+            overwrite=overwrite,
+            downsample=downsample,
+            downsample_mode=cast("Mode", downsample_mode),  # convert_volume checks the name
+            progress=progress,
+            client=client,
+            retries=retries,
+        )
     say(
         f"wrote {dst}: shape {tuple(out.shape)} {out.dtype}, voxel size {tuple(out.voxel_size)} nm, "
         f"offset {tuple(out.offset)} nm"

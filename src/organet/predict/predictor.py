@@ -166,32 +166,38 @@ class Predictor:
             raise ValueError("Predictor.tile is not set; call for_region() first")  # a defect in the caller
         return tile_grid(self.architecture, self.tile)
 
+    def model_grid(self, volume: Any) -> Any:
+        """``volume`` as the model sees it: itself, or block means at the model's voxel size."""
+        f = self.factor(volume.voxel_size)
+        return volume if f == (1, 1, 1) else DownsampledVolume(volume, f)
+
+    def model_region(self, volume: Any, roi: Roi) -> Roi:
+        """The model-grid voxels needed for ``roi`` (input voxels): the ROI itself on the same
+        grid, else the model voxels whose linear interpolation covers it."""
+        f = self.factor(volume.voxel_size)
+        if f == (1, 1, 1):
+            return roi
+        shape = [-(-n // k) for n, k in zip(volume.shape, f)]
+        lo, hi = coarse_cover(roi.offset, roi.end, f, shape)
+        return Roi(lo, [b - a for a, b in zip(lo, hi)])
+
     def for_region(self, volume: Any, roi: Roi) -> Predictor:
         """This Predictor with its tile and grid anchor fixed for predicting ``roi`` of
         ``volume`` (each kept if set): a tile of about 96 output voxels (less for a small
-        ROI) and the grid through the ROI's origin.
+        ROI) and the grid through the origin of the model-grid region.
 
         Fix both once per run, before splitting the work: the bytes depend on them.
         """
-        f = self.factor(volume.voxel_size)
-        tile = self.tile
-        if tile is None:
-            coarse = [max(1, -(-n // k)) for n, k in zip(roi.shape, f)]
-            tile = default_tile_shape(self.architecture, coarse)
-        anchor = self.anchor
-        if anchor is None:
-            a = [o // k for o, k in zip(roi.offset, f)]
-            anchor = (a[0], a[1], a[2])
+        region = self.model_region(volume, roi)
+        tile = self.tile if self.tile is not None else default_tile_shape(self.architecture, region.shape)
+        anchor = self.anchor if self.anchor is not None else region.offset
         return replace(self, tile=tile, anchor=anchor)
 
     def context_vox(self, input_voxel_size: Sequence[float]) -> Shape3:
-        """Upper bound of the input voxels read around a region on each side: the network's
-        context, the alignment to the tile grid and one model voxel for interpolation."""
+        """Input voxels the network reads around its output on each side (its context)."""
         f = self.factor(input_voxel_size)
         c = self.grid().context
-        s = self.grid().step
-        out = [(ci + si + 1) * k for ci, si, k in zip(c, s, f)]
-        return (out[0], out[1], out[2])
+        return (c[0] * f[0], c[1] * f[1], c[2] * f[2])
 
     def describe(self) -> dict[str, Any]:
         """The settings that determine the output (for run records and metadata)."""
@@ -214,6 +220,40 @@ class Predictor:
         assert self.checkpoint is not None
         return _cached_model(self.checkpoint, device)
 
+    def predict_model_grid(self, source: Any, region: Roi) -> np.ndarray:
+        """Foreground probability (float32) of ``region``, in voxels of the model grid
+        ``source`` (:meth:`model_grid`), computed by the tiles of this run's grid that cover it."""
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        device = _worker_device(self.device)
+        grid = self.grid()
+        origin, shape, starts = grid.covering(region.offset, region.end, self.anchor or (0, 0, 0))
+        buf = np.zeros(shape, np.float32)
+
+        def write(start: Shape3, p: np.ndarray) -> None:
+            buf[tuple(slice(a - o, a - o + n) for a, o, n in zip(start, origin, p.shape))] = p
+
+        run_tiles(
+            self._network(device), source, self.normalization, grid, starts, write, self.batch_size, device, self.tta
+        )
+        return np.ascontiguousarray(
+            buf[tuple(slice(a - o, b - o) for a, b, o in zip(region.offset, region.end, origin))]
+        )
+
+    def resample(self, volume: Any, model_probability: np.ndarray, region: Roi, roi: Roi) -> np.ndarray:
+        """Probabilities on the input grid for ``roi`` from model-grid probabilities of
+        ``region`` (which must cover :meth:`model_region` of ``roi``): linear interpolation."""
+        f = self.factor(volume.voxel_size)
+        if f == (1, 1, 1):
+            sl = tuple(slice(a - o, b - o) for a, b, o in zip(roi.offset, roi.end, region.offset))
+            return np.ascontiguousarray(model_probability[sl])
+        need = self.model_region(volume, roi)
+        sl = tuple(slice(a - o, b - o) for a, b, o in zip(need.offset, need.end, region.offset))
+        shape = [-(-n // k) for n, k in zip(volume.shape, f)]
+        return upsample_linear(model_probability[sl], need.offset, shape, f, roi.offset, roi.end)
+
     def predict(self, volume: Any, roi: Roi) -> np.ndarray:
         """Foreground probability (float32, ``roi.shape``) of ``roi`` (input voxels) of ``volume``.
 
@@ -222,34 +262,9 @@ class Predictor:
         input's voxel size, the model sees block means of the input and its output is
         interpolated linearly back onto the input grid.
         """
-        import torch
-
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        device = _worker_device(self.device)
-        f = self.factor(volume.voxel_size)
         fixed = self.for_region(volume, roi)
-        grid = fixed.grid()
-        net = self._network(device)
-        lo: Sequence[int]
-        hi: Sequence[int]
-        if f == (1, 1, 1):
-            source: Any = volume
-            lo, hi = roi.offset, roi.end
-        else:
-            source = DownsampledVolume(volume, f)
-            lo, hi = coarse_cover(roi.offset, roi.end, f, source.shape)
-        origin, shape, starts = grid.covering(lo, hi, fixed.anchor or (0, 0, 0))
-        buf = np.zeros(shape, np.float32)
-
-        def write(start: Shape3, p: np.ndarray) -> None:
-            buf[tuple(slice(a - o, a - o + n) for a, o, n in zip(start, origin, p.shape))] = p
-
-        run_tiles(net, source, self.normalization, grid, starts, write, self.batch_size, device, self.tta)
-        coarse = buf[tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, origin))]
-        if f == (1, 1, 1):
-            return np.ascontiguousarray(coarse)
-        return upsample_linear(coarse, lo, source.shape, f, roi.offset, roi.end)
+        region = fixed.model_region(volume, roi)
+        return fixed.resample(volume, fixed.predict_model_grid(fixed.model_grid(volume), region), region, roi)
 
 
 __all__ = ["Predictor", "model_factor"]

@@ -12,6 +12,11 @@ While running, the data lives in ``OUT.zarr.partial`` and the finished blocks in
 ledger ``OUT.zarr.progress`` (:class:`~organet.blockwise.Ledger`); a rerun of the same
 command resumes, and ``OUT.zarr`` appears (by rename) only when complete.
 
+Passes: ``predict`` (output blocks; with a model at k x the input's voxel size, blocks of
+the model grid made of whole tiles, kept as float32 in ``OUT.zarr.partial/model_grid``),
+then ``resample`` (resampled runs: output blocks interpolated from the model grid), then
+the pyramids. No tile is computed twice when the blocks are whole tile steps.
+
 Sizes and offsets are in voxels, (z, y, x), unless named ``_nm``.
 """
 
@@ -34,6 +39,7 @@ from organet.blockwise.output import ResumableOutput, write_block
 from organet.errors import InputError, VolumeError
 from organet.progress import ProgressFn
 from organet.volumes import Roi, Volume, open_volume
+from organet.volumes.atomic import remove_path
 from organet.volumes.blocks import Block, plan_blocks
 from organet.volumes.foreground import probability_to_uint8, uint8_cut
 from organet.volumes.geometry import Shape3
@@ -44,6 +50,7 @@ from organet.volumes.resample import Mode
 from .predictor import Predictor
 from .sample_mask import SampleMask
 
+MODEL_GRID = "model_grid"  # scratch array of a resampled run, removed before the output is complete
 IMAGES: dict[str, Mode] = {"probability": "mean", "mask": "max"}
 
 
@@ -87,23 +94,55 @@ def _sha256(path: str) -> str:
 
 @dataclass(frozen=True)
 class _Job:
-    """Everything a worker needs for one block (picklable; volumes reopen by path)."""
+    """Everything a worker needs for one block (picklable; volumes reopen by path).
+
+    ``origin``: the output's first voxel (input grid); ``region``: the model-grid region
+    whose probabilities a resampled run keeps in ``partial/model_grid`` (float32)."""
 
     predictor: Predictor
     raw: Volume
     partial: str
     origin: Shape3
+    region: Roi
     cut: int
     sample_mask: SampleMask | None
 
 
-def _predict_block(job: _Job, block: Block) -> Any:
-    if job.sample_mask is not None and not job.sample_mask.has_sample(job.raw, block.roi):
-        return Skip()
-    u = probability_to_uint8(job.predictor.predict(job.raw, block.roi))
+def _write_output(job: _Job, block: Block, p: np.ndarray) -> None:
+    u = probability_to_uint8(p)
     sl = block.local(job.origin)
     write_block(Path(job.partial) / "probability" / "s0", sl, u)
     write_block(Path(job.partial) / "mask" / "s0", sl, (u >= job.cut).astype(np.uint8))
+
+
+def _predict_block(job: _Job, block: Block) -> Any:
+    """The model on the input's grid: probabilities of one output block."""
+    if job.sample_mask is not None and not job.sample_mask.has_sample(job.raw, block.roi):
+        return Skip()
+    _write_output(job, block, job.predictor.predict(job.raw, block.roi))
+    return None
+
+
+def _model_grid_block(job: _Job, block: Block) -> Any:
+    """A resampled run, pass 1: probabilities of one block of the model grid (whole tiles)."""
+    f = job.predictor.factor(job.raw.voxel_size)
+    fine = Roi([a * k for a, k in zip(block.roi.offset, f)], [n * k for n, k in zip(block.roi.shape, f)])
+    fine = fine.intersect(job.raw.roi)
+    if job.sample_mask is not None and not job.sample_mask.has_sample(job.raw, fine):
+        return Skip()
+    p = job.predictor.predict_model_grid(job.predictor.model_grid(job.raw), block.roi)
+    write_block(Path(job.partial) / MODEL_GRID, block.local(job.region.offset), p)
+    return None
+
+
+def _resample_block(job: _Job, block: Block) -> Any:
+    """A resampled run, pass 2: one output block interpolated from the stored model-grid probabilities."""
+    if job.sample_mask is not None and not job.sample_mask.has_sample(job.raw, block.roi):
+        return Skip()
+    need = job.predictor.model_region(job.raw, block.roi)
+    stored = zarr.open_array(str(Path(job.partial) / MODEL_GRID), mode="r")
+    p = np.asarray(stored[tuple(slice(a - o, b - o) for a, b, o in zip(need.offset, need.end, job.region.offset))])
+    _write_output(job, block, job.predictor.resample(job.raw, p, need, block.roi))
     return None
 
 
@@ -167,17 +206,24 @@ def predict_volume(
         raise InputError(f"ROI {roi} lies outside the volume {vol.path} of shape {vol.shape} or is empty")
     cut = uint8_cut(threshold)
     pred = pred.for_region(vol, roi)
-    step_in = tuple(s * f for s, f in zip(pred.grid().step, factor))
-    ch = tuple(int(c) for c in chunks) if chunks is not None else default_chunks(step_in)
+    step = pred.grid().step
+    resampled = factor != (1, 1, 1)
+    region = pred.model_region(vol, roi)
+    if chunks is not None:
+        ch = tuple(int(c) for c in chunks)
+    else:
+        ch = (64, 64, 64) if resampled else default_chunks(step)
     ch = (min(ch[0], roi.shape[0]), min(ch[1], roi.shape[1]), min(ch[2], roi.shape[2]))
-    unit = tuple(math.lcm(s, c) for s, c in zip(step_in, ch))
-    if block_shape is not None or any(u > 4 * max(s, c) for u, s, c in zip(unit, step_in, ch)):
+    unit = tuple(math.lcm(s, c) for s, c in zip(step, ch))
+    if resampled or block_shape is not None or any(u > 4 * max(s, c) for u, s, c in zip(unit, step, ch)):
         unit = ch
     plan = plan_blocks(roi, ch, block_shape, unit=unit, context=pred.context_vox(vol.voxel_size))
     note = plan.note
-    if any(b % s and b < n for b, s, n in zip(plan.block_shape, step_in, roi.shape)):
+    if resampled:  # pass 1 on the model grid in whole tiles, pass 2 interpolates output blocks
+        model_plan = plan_blocks(region, step, unit=step, target=128)
+    elif any(b % s and b < n for b, s, n in zip(plan.block_shape, step, roi.shape)):
         note = (note + "; " if note else "") + (
-            f"blocks are not whole tile steps ({'x'.join(map(str, step_in))} voxels), so tiles on block edges are "
+            f"blocks are not whole tile steps ({'x'.join(map(str, step))} voxels), so tiles on block edges are "
             "computed more than once"
         )
     offset_nm = tuple(o + r * v for o, r, v in zip(vol.offset, roi.offset, vol.voxel_size))
@@ -228,6 +274,7 @@ def predict_volume(
     out.start(
         functools.partial(
             _create_images,
+            model_grid=(region.shape, step) if resampled else None,
             shape=roi.shape,
             chunks=ch,
             voxel_size=vol.voxel_size,
@@ -236,17 +283,16 @@ def predict_volume(
             threshold=threshold,
         )
     )
-    resumed = len(out.ledger.entries("predict"))
-    job = _Job(pred, vol, str(out.partial), roi.offset, cut, sample_mask)
-    done = run_blocks(
-        functools.partial(_predict_block, job),
-        plan,
-        stage="predict",
-        ledger=out.ledger,
-        client=client,
-        retries=retries,
-        progress=progress,
-    )
+    job = _Job(pred, vol, str(out.partial), roi.offset, region, cut, sample_mask)
+    passes = functools.partial(run_blocks, ledger=out.ledger, client=client, retries=retries, progress=progress)
+    if resampled:
+        passes(functools.partial(_model_grid_block, job), model_plan, stage="predict")
+        stage, fn = "resample", _resample_block
+    else:
+        stage, fn = "predict", _predict_block
+    resumed = len(out.ledger.entries(stage))
+    done = passes(functools.partial(fn, job), plan, stage=stage)
+    remove_path(out.partial / MODEL_GRID)
     levels = 1
     for name, mode in IMAGES.items():
         levels = build_pyramid(
@@ -277,9 +323,20 @@ def _create_images(
     offset_nm: Sequence[float],
     meta: dict[str, Any],
     threshold: float,
+    model_grid: tuple[Shape3, Shape3] | None,
 ) -> None:
-    """The empty ``probability`` and ``mask`` images of a fresh ``OUT.zarr.partial``."""
+    """The empty ``probability`` and ``mask`` images of a fresh ``OUT.zarr.partial`` (and,
+    for a resampled run, the float32 model-grid probabilities of shape and chunks ``model_grid``)."""
     root = zarr.open_group(str(folder), mode="w", zarr_format=3)
+    if model_grid is not None:
+        zarr.create_array(
+            str(folder / MODEL_GRID),
+            shape=model_grid[0],
+            chunks=model_grid[1],
+            dtype=np.float32,
+            fill_value=0.0,
+            zarr_format=3,
+        )
     for name in IMAGES:
         kind = (
             {"kind": "probability", "scale": 255} if name == "probability" else {"kind": "mask", "threshold": threshold}

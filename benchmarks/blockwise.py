@@ -1,16 +1,19 @@
-"""Blockwise (Dask) prediction: throughput and peak memory on two volume sizes 8x apart.
+"""Prediction in-process and on Dask: throughput and peak memory on two volume sizes 8x apart.
 
     python benchmarks/blockwise.py                       # 64x128x128 and 128x256x256, 2 workers, CPU
     python benchmarks/blockwise.py --size 128 256 256 --workers 4 --fmaps 16
     python benchmarks/blockwise.py --device cuda --workers 1 --fmaps 32 --levels 4 --tile 204
 
-Each measurement runs in a fresh subprocess (and, blockwise, a fresh LocalCluster) so
-peak memory is that run's own: peak RSS of the client process and the largest peak
-RSS of a worker. The baseline is organet's single-process tiled prediction
-(``predict_volume``) on the same volume and model; the result is checked to be
-identical. "voxels/s" counts predicted output voxels over the wall time of the whole
-command (cluster start, model load, pyramid included). A memory-flat driver shows the
-same peak memory at both sizes. Prints a markdown table.
+Both drivers are the one ``organet.predict.predict_volume`` on the same block plan: once
+in this process (``client=None``) and once on a Dask ``LocalCluster``
+(``organet.blockwise.dask_client``); the outputs (probability, mask and every pyramid
+level) are checked to be byte-identical. Each measurement runs in a fresh subprocess
+(and, on Dask, a fresh cluster) so peak memory is that run's own: peak RSS of the
+driving process and the largest peak RSS of a worker. In-process prediction gets
+``workers x threads`` torch threads, the same compute as the cluster. "voxels/s"
+counts predicted output voxels over the wall time of the whole call (cluster start,
+model load and pyramid included). A memory-flat driver shows the same peak memory at
+both sizes. Prints a markdown table.
 
 (The gunpowder ``Scan`` baseline, in a venv of its own, is ``benchmarks/gunpowder_baseline.py``.)
 """
@@ -28,6 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+DRIVERS = {"inprocess": "in-process", "dask": "Dask"}
 
 
 def _peak_rss_mib() -> float:
@@ -57,50 +62,49 @@ def _prepare(d: Path, size: list[int], fmaps: int, levels: int, tile: int) -> No
             )
 
 
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a prediction output (``probability/s0``, ``mask/s1``, ...)."""
+    import zarr
+
+    out = {}
+    for image in ("probability", "mask"):
+        g = zarr.open_group(str(path / image), mode="r")
+        for key in sorted(g.array_keys()):
+            out[f"{image}/{key}"] = np.asarray(g[key][...])
+    return out
+
+
 def _one(args: argparse.Namespace) -> None:
     """Run one measurement in this process and print JSON."""
-    d = Path(args.dir)
-    tile = (args.tile,) * 3
-    t0 = time.perf_counter()
-    if args.mode == "single":
-        from organet.predict.run import predict_volume
+    from organet.predict import Predictor, predict_volume
 
-        predict_volume(
-            d / "model.pt",
-            d / "raw.zarr",
-            d / "single.zarr",
-            tile_shape=tile,
-            device=args.device,
-            progress=False,
-            overwrite=True,
-        )
+    d = Path(args.dir)
+    threads = args.threads if args.mode == "dask" else args.threads * args.workers
+    predictor = Predictor.from_checkpoint(d / "model.pt", tile=(args.tile,) * 3, device=args.device, threads=threads)
+    kw = {"block_shape": args.block, "overwrite": True}
+    t0 = time.perf_counter()
+    if args.mode == "inprocess":
+        res = predict_volume(predictor, d / "raw.zarr", d / f"{args.mode}.zarr", **kw)
         worker_peak = 0.0
     else:
-        from distributed import Client, LocalCluster
+        from organet.blockwise import dask_client
 
-        from organet.predict.blockwise import predict_blockwise
-
-        with (
-            LocalCluster(
-                n_workers=args.workers, threads_per_worker=args.threads, processes=True, dashboard_address=None
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            predict_blockwise(
-                d / "model.pt",
-                d / "raw.zarr",
-                d / "blockwise.zarr",
-                tile_shape=tile,
-                device=args.device,
-                client=client,
-                progress=False,
-                overwrite=True,
-                torch_threads=args.threads,
-                block_shape=args.block,
-            )
+        with dask_client(workers=args.workers, threads_per_worker=args.threads) as client:
+            res = predict_volume(predictor, d / "raw.zarr", d / f"{args.mode}.zarr", client=client, **kw)
             worker_peak = max(client.run(_peak_rss_mib).values())
     dt = time.perf_counter() - t0
-    print(json.dumps({"seconds": dt, "client_peak_mib": _peak_rss_mib(), "worker_peak_mib": worker_peak}))
+    print(
+        json.dumps(
+            {
+                "seconds": dt,
+                "client_peak_mib": _peak_rss_mib(),
+                "worker_peak_mib": worker_peak,
+                "blocks": res.blocks,
+                "levels": res.pyramid_levels,
+                "note": res.note,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -113,62 +117,63 @@ def main() -> None:
     ap.add_argument("--fmaps", type=int, default=8)
     ap.add_argument("--levels", type=int, default=3)
     ap.add_argument("--tile", type=int, default=108, help="network input per tile (isotropic)")
-    ap.add_argument("--block", type=int, nargs=3, default=[64, 64, 64], help="blockwise block shape (voxels)")
+    ap.add_argument("--block", type=int, nargs=3, default=[64, 64, 64], help="block shape (voxels), both drivers")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--skip-single", action="store_true", help="skip the single-process baseline")
-    ap.add_argument("--one", choices=["single", "blockwise"], dest="mode", help=argparse.SUPPRESS)
+    ap.add_argument("--skip-inprocess", action="store_true", help="only the Dask run (no identity check)")
+    ap.add_argument("--one", choices=list(DRIVERS), dest="mode", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode:
         _one(args)
         return
+    modes = ["dask"] if args.skip_inprocess else ["inprocess", "dask"]
     rows = []
+    notes: set[str] = set()
     for scale in (1, 2):
         size = [s * scale for s in args.size]
         with tempfile.TemporaryDirectory() as tmp:
             _prepare(Path(tmp), size, args.fmaps, args.levels, args.tile)
             res = {}
-            for mode in ["blockwise"] if args.skip_single else ["single", "blockwise"]:
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--one",
-                    mode,
-                    "--dir",
-                    tmp,
-                    "--workers",
-                    str(args.workers),
-                    "--threads",
-                    str(args.threads),
-                    "--tile",
-                    str(args.tile),
-                    "--device",
-                    args.device,
-                    "--block",
-                    *map(str, args.block),
-                ]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-                res[mode] = json.loads(out)
-            if not args.skip_single:
-                from organet.volumes import open_volume
-
-                same = np.array_equal(
-                    open_volume(f"{tmp}/single.zarr/probability").read(),
-                    open_volume(f"{tmp}/blockwise.zarr/probability").read(),
-                )
-            else:
-                same = None
+            for mode in modes:
+                cmd = [sys.executable, __file__, "--one", mode, "--dir", tmp]
+                for opt in ("workers", "threads", "tile", "device"):
+                    cmd += [f"--{opt}", str(getattr(args, opt))]
+                cmd += ["--block", *map(str, args.block)]
+                p = subprocess.run(cmd, capture_output=True, text=True)
+                if p.returncode:
+                    raise SystemExit(f"{mode} run failed ({p.returncode}):\n{p.stderr[-4000:]}")
+                res[mode] = json.loads(p.stdout.strip().splitlines()[-1])
+                if res[mode]["note"]:
+                    notes.add(f"{'x'.join(map(str, size))}: {res[mode]['note']}")
+            same = None
+            if len(modes) == 2:
+                a, b = _arrays(Path(tmp) / "inprocess.zarr"), _arrays(Path(tmp) / "dask.zarr")
+                same = sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
         n = int(np.prod(size))
         for mode, r in res.items():
-            rows.append((size, mode, n / r["seconds"], r["seconds"], r["client_peak_mib"], r["worker_peak_mib"], same))
+            rows.append((size, mode, n / r["seconds"], r, same))
     print(
         f"\n{platform.processor() or platform.machine()}, device {args.device}, U-Net fmaps {args.fmaps} levels "
-        f"{args.levels}, tile {args.tile}^3, blocks {args.block}, {args.workers} workers x {args.threads} threads\n"
+        f"{args.levels}, tile {args.tile}^3, blocks {'x'.join(map(str, args.block))}, Dask {args.workers} workers x "
+        f"{args.threads} threads, in-process {args.workers * args.threads} threads"
     )
-    print("| volume (z, y, x) | driver | voxels/s | wall s | client peak RSS MiB | worker peak RSS MiB | identical |")
-    print("|---|---|---|---|---|---|---|")
-    for size, mode, vps, s, cp, wp, same in rows:
-        print(f"| {'x'.join(map(str, size))} | {mode} | {vps:,.0f} | {s:.1f} | {cp:.0f} | {wp:.0f} | {same} |")
+    for note in sorted(notes):
+        print(f"note, {note}")
+    print()
+    print(
+        "| volume (z, y, x) | driver | blocks | voxels/s | wall s | client peak RSS MiB | worker peak RSS MiB "
+        "| identical (all levels) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for size, mode, vps, r, same in rows:
+        wp = f"{r['worker_peak_mib']:.0f}" if mode == "dask" else "–"
+        ident = "–" if same is None else ("yes" if same else "NO")
+        print(
+            f"| {'x'.join(map(str, size))} | {DRIVERS[mode]} | {r['blocks']} | {vps:,.0f} | {r['seconds']:.1f} "
+            f"| {r['client_peak_mib']:.0f} | {wp} | {ident} |"
+        )
+    if any(same is False for *_, same in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ augmentation of one batch, on the CPU; prints a markdown table.
     bash benchmarks/gunpowder_env.sh                 # once: gunpowder in benchmarks/.gp-venv
     python benchmarks/gunpowder_baseline.py          # 300^3 voxels, ASEM net, 204^3 tiles
     python benchmarks/gunpowder_baseline.py --tiny --shape 64 64 64 --threads 1   # smoke test
+    python benchmarks/gunpowder_baseline.py --tiny --shape 64 64 64 --organet-only  # without the baseline venv
 
 Everything runs on one synthetic, seeded uint8 volume (5 nm voxels) written as zarr v2,
 which both sides read, and one set of random, seeded weights (saved as an organet
@@ -12,9 +13,11 @@ subprocess (organet's in this venv, gunpowder's in ``benchmarks/.gp-venv``, thro
 ``_gp_side.py`` and the U-Net copy ``_gp_unet.py``) with ``--threads`` torch/OpenMP
 threads; "peak RSS" is that subprocess's own maximum resident set size.
 
-* Prediction: organet's ``predict_volume`` (tiles on the network's 8-voxel pooling grid,
-  step 104 voxels for 204^3 -> 110^3, mirror padding at the volume border, uint8
-  probability + mask written as OME-Zarr v3) against incasem's gunpowder pipeline (Scan
+* Prediction: organet's ``predict_volume`` in this process (the driver of ``organet
+  predict``, with its default block plan: for the ASEM tile one block of up to 312^3
+  voxels, so every tile runs once; tiles on the network's 8-voxel pooling grid, step 104
+  voxels for 204^3 -> 110^3, mirror padding at the volume border, uint8 probability +
+  mask and their pyramids written as OME-Zarr v3) against incasem's gunpowder pipeline (Scan
   over 204^3 / 110^3 chunks, the last chunk per axis shifted to end at the border, Pad
   with reflection, float32 probability written as zarr v2), fp32, batch 1. Seconds are
   the wall time of the whole run (model load and writing included); voxels/s counts
@@ -117,22 +120,24 @@ def _write_model(d: Path, cfg: Any, tile: Sequence[int]) -> None:
 def _organet_predict(a: dict[str, Any]) -> dict[str, Any]:
     from organet.model.checkpoint import load_checkpoint
     from organet.model.unet import count_parameters
-    from organet.predict.run import predict_volume
+    from organet.predict import Predictor, predict_volume
+    from organet.volumes import open_volume
 
     t0 = time.perf_counter()
-    res = predict_volume(
-        a["model"],
-        a["raw"],
-        a["output"],
-        tile_shape=a["tile_in"],
-        batch_size=1,
-        device="cpu",
-        progress=False,
-        overwrite=True,
-    )
+    predictor = Predictor.from_checkpoint(a["model"], tile=tuple(a["tile_in"]), batch_size=1, device="cpu")
+    res = predict_volume(predictor, a["raw"], a["output"], overwrite=True)
     dt = time.perf_counter() - t0
+    vol = open_volume(a["raw"])
+    tiles = predictor.for_region(vol, res.roi).grid().count(res.roi.offset, res.roi.end, res.roi.offset)
     n = count_parameters(load_checkpoint(a["model"]).build_model())
-    return {"seconds": dt, "peak_mib": _peak_rss_mib(), "tiles": res.tiles, "parameters": n}
+    return {
+        "seconds": dt,
+        "peak_mib": _peak_rss_mib(),
+        "tiles": tiles,
+        "blocks": res.blocks,
+        "note": res.note,
+        "parameters": n,
+    }
 
 
 def _organet_augment(a: dict[str, Any]) -> dict[str, Any]:
@@ -230,6 +235,13 @@ def compare(d: Path, tile_out: Sequence[int], factor: Sequence[int]) -> dict[str
     }
 
 
+def _ratios(o: dict[str, Any], g: dict[str, Any] | None) -> tuple[float, str, str]:
+    """organet's peak RSS, and its time and RSS over gunpowder's ("–" without the baseline)."""
+    if g is None:
+        return o["peak_mib"], "–", "–"
+    return o["peak_mib"], f"{o['seconds'] / g['seconds']:.2f}", f"{o['peak_mib'] / g['peak_mib']:.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", type=int, nargs=3, default=[300, 300, 300], help="prediction volume (voxels, z y x)")
@@ -241,6 +253,7 @@ def main() -> None:
     ap.add_argument("--skip-augment", action="store_true")
     ap.add_argument("--gp-python", type=Path, default=GP_PYTHON, help="python of the gunpowder venv")
     ap.add_argument("--keep", type=Path, default=None, help="write the data here and keep it (default: temp dir)")
+    ap.add_argument("--organet-only", action="store_true", help="run organet's side only (no baseline venv needed)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -252,7 +265,8 @@ def main() -> None:
         return
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
-    if not args.gp_python.exists():
+    gp = not args.organet_only
+    if gp and not args.gp_python.exists():
         raise SystemExit(f"{args.gp_python} not found: build the baseline venv with bash benchmarks/gunpowder_env.sh")
 
     import torch
@@ -271,7 +285,7 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     print(
         f"# organet vs gunpowder, {cpu}, {args.threads} threads, torch {torch.__version__}, "
-        f"gunpowder {_gp_version(args.gp_python)}\n"
+        f"gunpowder {_gp_version(args.gp_python) if gp else '(not run)'}\n"
     )
     print(
         f"U-Net {cfg.num_fmaps} fmaps, {len(cfg.downsample_factors)} downsamplings, {n_params:,} parameters; "
@@ -301,23 +315,15 @@ def main() -> None:
                 "voxel_size": list(VOXEL_NM),
                 "datasets": {"raw": "train/raw", "labels": "train/labels", "mask": "train/mask"},
             }
-            o, g = _organet(a), _gunpowder(args.gp_python, a)
-            assert o["shapes"] == g["shapes"], (o["shapes"], g["shapes"])
+            o = _organet(a)
+            g = _gunpowder(args.gp_python, a) if gp else None
+            assert g is None or o["shapes"] == g["shapes"], (o["shapes"], g["shapes"])
             what = f"augment {tile[0]}^3 batch (mean of {args.repeats})"
-            aug_rows.append(
-                (
-                    "organet",
-                    what,
-                    o["seconds"],
-                    f"{1 / o['seconds']:.3f} batch/s",
-                    o["peak_mib"],
-                    f"{o['seconds'] / g['seconds']:.2f}",
-                    f"{o['peak_mib'] / g['peak_mib']:.2f}",
+            aug_rows.append(("organet", what, o["seconds"], f"{1 / o['seconds']:.3f} batch/s", *_ratios(o, g)))
+            if g is not None:
+                aug_rows.append(
+                    ("gunpowder", what, g["seconds"], f"{1 / g['seconds']:.3f} batch/s", g["peak_mib"], "1", "1")
                 )
-            )
-            aug_rows.append(
-                ("gunpowder", what, g["seconds"], f"{1 / g['seconds']:.3f} batch/s", g["peak_mib"], "1", "1")
-            )
 
         if not args.skip_predict:
             o = _organet(
@@ -329,38 +335,45 @@ def main() -> None:
                     "output": str(d / "organet.zarr"),
                 }
             )
-            g = _gunpowder(
-                args.gp_python,
-                {
-                    **common,
-                    "mode": "predict",
-                    "store": store,
-                    "dataset": "raw",
-                    "state_dict": str(d / "state_dict.pt"),
-                    "architecture": cfg.to_dict(),
-                    "voxel_size": list(VOXEL_NM),
-                    "shape": list(args.shape),
-                    "output": str(d / "gunpowder.zarr"),
-                },
-            )
-            assert o["parameters"] == g["parameters"] == n_params, (o["parameters"], g["parameters"], n_params)
+            g = None
+            if gp:
+                g = _gunpowder(
+                    args.gp_python,
+                    {
+                        **common,
+                        "mode": "predict",
+                        "store": store,
+                        "dataset": "raw",
+                        "state_dict": str(d / "state_dict.pt"),
+                        "architecture": cfg.to_dict(),
+                        "voxel_size": list(VOXEL_NM),
+                        "shape": list(args.shape),
+                        "output": str(d / "gunpowder.zarr"),
+                    },
+                )
+            assert o["parameters"] == n_params and (g is None or g["parameters"] == n_params), (o, g, n_params)
+            if o["note"]:
+                print(f"organet: note: {o['note']}", file=sys.stderr)
             n = float(np.prod(args.shape))
             what = f"predict {'x'.join(map(str, args.shape))}"
+            blocks = f"{o['blocks']} block{'s' if o['blocks'] > 1 else ''}"
             rows.append(
-                (
-                    "organet",
-                    f"{what} ({o['tiles']} tiles)",
-                    o["seconds"],
-                    f"{n / o['seconds']:,.0f} vox/s",
-                    o["peak_mib"],
-                    f"{o['seconds'] / g['seconds']:.2f}",
-                    f"{o['peak_mib'] / g['peak_mib']:.2f}",
+                ("organet", f"{what} ({o['tiles']} tiles, {blocks})", o["seconds"], f"{n / o['seconds']:,.0f} vox/s")
+                + _ratios(o, g)
+            )
+            if g is not None:
+                rows.append(
+                    (
+                        "gunpowder",
+                        f"{what} (Scan)",
+                        g["seconds"],
+                        f"{n / g['seconds']:,.0f} vox/s",
+                        g["peak_mib"],
+                        "1",
+                        "1",
+                    )
                 )
-            )
-            rows.append(
-                ("gunpowder", f"{what} (Scan)", g["seconds"], f"{n / g['seconds']:,.0f} vox/s", g["peak_mib"], "1", "1")
-            )
-            cmp = compare(d, tile_out, cfg.total_factor)
+                cmp = compare(d, tile_out, cfg.total_factor)
     print("\n| side | what | seconds | throughput | peak RSS MiB | time organet/gunpowder | RSS organet/gunpowder |")
     print("|---|---|---|---|---|---|---|")
     for side, what, s, thr, mib, rt, rm in rows + aug_rows:

@@ -246,15 +246,15 @@ def test_progress_bars_show_one_bar_per_stage():
         progress("pyramid [s1]", 0, 3)
         progress("predict", 6, 10)
         progress("pyramid [s1]", 3, 3)
-        progress("train: s of 3 min", 0, 180)
-        progress("train: s of 3 min", 47, 180)
+        progress("train (seconds of the 3 min budget)", 0, 180)
+        progress("train (seconds of the 3 min budget)", 47, 180)
         progress("evaluate", 0, 1)
         progress("evaluate", 1, 1)
         progress("evaluate", 0, 1)  # a second pass of the same stage
         progress("evaluate", 1, 1)
     assert progress.completed("evaluate") == 1
     assert progress.completed("predict") == 10 and progress.completed("pyramid [s1]") == 3
-    assert progress.completed("train: s of 3 min") == 47 and progress.completed("other") == 0
+    assert progress.completed("train (seconds of the 3 min budget)") == 47 and progress.completed("other") == 0
     assert len(progress.progress.tasks) == 4
     text = con.export_text()
     assert "10/10" in text and "pyramid [s1]" in text and "47/180" in text  # markup in names is escaped

@@ -148,6 +148,6 @@ def test_progress_reports_iterations_or_the_time_budget(data, tmp_path):
         log=lines.append,
     )
     stage = budget_stage(0.04)
-    assert stage == "train: s of 0.04 min" and calls[0] == (stage, 0, 3)
+    assert stage == "train (seconds of the 0.04 min budget)" and calls[0] == (stage, 0, 3)
     assert {c[0] for c in calls} == {stage} and sum(c[1] for c in calls) == 3
     assert 0 < res.iteration < 1_000_000 and any("stopping after 0.04 min" in ln for ln in lines)

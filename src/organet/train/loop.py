@@ -361,7 +361,7 @@ class Trainer:
 
 def budget_stage(max_minutes: float) -> str:
     """Name of the progress stage of a time-budgeted run; its units are seconds of the budget."""
-    return f"train: s of {max_minutes:g} min"
+    return f"train (seconds of the {max_minutes:g} min budget)"
 
 
 class _TrainProgress:

@@ -42,7 +42,7 @@ def test_synthetic_demo_learns_the_held_out_data(tmp_path):
         assert res.metrics[name]["f1"] >= floor, (name, res.metrics)
     prob = open_volume(str(res.prediction / "probability"))
     assert prob.shape == (32, 160, 160) and prob.voxel_size == (5.0, 5.0, 5.0)
-    assert ("train: s of 10 min", 0, 600) in calls  # the budget, not 1,000,000 iterations
+    assert ("train (seconds of the 10 min budget)", 0, 600) in calls  # the budget, not 1,000,000 iterations
     with pytest.raises(InputError, match="not empty"):
         run_demo(out, minutes=0.1, log=lambda s: None)
 

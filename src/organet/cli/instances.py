@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from organet.cli.errors import handle_errors
@@ -23,7 +22,7 @@ from organet.cli.options import (
     Workers,
 )
 from organet.cli.output import say
-from organet.errors import IncompatibleError
+from organet.volumes.geometry import check_same_voxel_size
 
 
 @handle_errors
@@ -61,10 +60,7 @@ def instances(
     r = None
     if raw is not None:
         r = open_volume(raw, voxel_size=voxel_size)
-        if not np.allclose(r.voxel_size, m.voxel_size, rtol=1e-3):
-            raise IncompatibleError(
-                f"raw voxel size {tuple(r.voxel_size)} nm differs from the mask's {tuple(m.voxel_size)} nm"
-            )
+        check_same_voxel_size(r.voxel_size, m.voxel_size, f"the raw volume {raw}", f"the mask {mask}")
         r = r.crop_nm(*m.bounds_nm)
     cl = ClusterOptions(workers, cluster, scheduler, cluster_config, queue, cores, memory, walltime, gpus)
     with cl.client() as client:

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import ndimage as ndi
 
-from organet.volumes.geometry import Shape3
+from organet.volumes.geometry import Shape3, same_voxel_size
 
 __all__ = [
     "AugmentConfig",
@@ -111,12 +111,12 @@ class AugmentConfig(BaseModel):
     def transpose_axes(voxel_size: Sequence[float]) -> tuple[int, ...]:
         """Axes that may be permuted for data of ``voxel_size`` (nm): those of equal voxel size
         (relative tolerance 1e-3), e.g. (10, 5, 5) -> (1, 2); () when no two are equal."""
-        return transpose_axes_from_voxel_size(voxel_size, rtol=1e-3)
+        return transpose_axes_from_voxel_size(voxel_size)
 
     def for_voxel_size(self, voxel_size: Sequence[float]) -> AugmentConfig:
         """These settings for data of ``voxel_size`` (nm): transposition only where two axes
         have equal voxel size, rotation in the y-x plane only for square y-x voxels."""
-        square_xy = math.isclose(float(voxel_size[1]), float(voxel_size[2]), rel_tol=1e-3)
+        square_xy = same_voxel_size((voxel_size[1],), (voxel_size[2],))
         return self.model_copy(
             update={
                 "transpose": self.transpose and len(self.transpose_axes(voxel_size)) > 1,
@@ -176,15 +176,16 @@ def center_crop(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return array[tuple(sl)]
 
 
-def transpose_axes_from_voxel_size(voxel_size: Sequence[float], rtol: float = 1e-6) -> tuple[int, ...]:
-    """Axes that may be permuted: the largest group of axes with equal voxel size.
+def transpose_axes_from_voxel_size(voxel_size: Sequence[float]) -> tuple[int, ...]:
+    """Axes that may be permuted: the largest group of axes with equal voxel size
+    (:func:`organet.volumes.geometry.same_voxel_size`).
 
     E.g. (5, 5, 5) -> (0, 1, 2); (10, 5, 5) -> (1, 2); (3, 4, 5) -> ().
     """
     vs = [float(v) for v in voxel_size]
     best: tuple[int, ...] = ()
     for a in range(len(vs)):
-        group = tuple(b for b in range(len(vs)) if math.isclose(vs[a], vs[b], rel_tol=rtol))
+        group = tuple(b for b in range(len(vs)) if same_voxel_size((vs[a],), (vs[b],)))
         if len(group) > len(best):
             best = group
     return best if len(best) > 1 else ()

@@ -39,6 +39,7 @@ from organet.train.plots import plot_curves
 from organet.train.sampling import BlockSampler, check_binary, load_roi, open_roi_volumes
 from organet.volumes.atomic import atomic_write_text
 from organet.volumes.foreground import foreground, prediction_kind
+from organet.volumes.geometry import same_voxel_size
 
 
 @dataclass
@@ -111,7 +112,7 @@ class Trainer:
         self.train_rois = [load_roi(s, cfg.data.cache_max_gib, i) for i, s in enumerate(cfg.data.train)]
         self.voxel_size = self.train_rois[0].voxel_size
         for r in self.train_rois[1:]:
-            if not np.allclose(r.voxel_size, self.voxel_size, rtol=0.05):
+            if not same_voxel_size(r.voxel_size, self.voxel_size):
                 raise ConfigError(
                     f"training ROI {r.name} has voxel size {r.voxel_size} nm but {self.train_rois[0].name} has "
                     f"{self.voxel_size} nm; resample the data to one voxel size first"

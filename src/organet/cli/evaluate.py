@@ -9,18 +9,10 @@ import typer
 
 from organet.cli.errors import handle_errors
 from organet.cli.options import (
-    Cluster,
-    ClusterConfig,
     ClusterOptions,
-    Cores,
-    Gpus,
-    Memory,
-    Queue,
     RoiNm,
-    Scheduler,
-    Walltime,
-    Workers,
     parse_roi_options,
+    with_cluster_options,
 )
 from organet.cli.output import console, say
 from organet.cli.progress import ProgressBars
@@ -32,6 +24,7 @@ SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
 @handle_errors
+@with_cluster_options
 def evaluate(
     pred: Annotated[str, typer.Option(help="prediction: probability (uint8 0-255 or float) or binary mask")],
     truth: Annotated[str, typer.Option(help="ground-truth labels (foreground > 0)")],
@@ -53,15 +46,7 @@ def evaluate(
         typer.Option("--json", help="write the result as JSON; the evaluation then resumes from JSON.progress"),
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of the threshold sweep")] = None,
-    workers: Workers = None,
-    cluster: Cluster = None,
-    scheduler: Scheduler = None,
-    cluster_config: ClusterConfig = None,
-    queue: Queue = None,
-    cores: Cores = None,
-    memory: Memory = None,
-    walltime: Walltime = None,
-    gpus: Gpus = None,
+    dask: ClusterOptions = ClusterOptions(),
 ) -> None:
     """Voxel F1 / precision / recall / IoU with an optional boundary exclusion zone.
 
@@ -92,8 +77,7 @@ def evaluate(
     p, t = p.crop_nm(begin, end), t.crop_nm(begin, end)
     m = m.crop_nm(begin, end) if m is not None else None
     thresholds = SWEEP if sweep else tuple(threshold or [0.5])
-    cl = ClusterOptions(workers, cluster, scheduler, cluster_config, queue, cores, memory, walltime, gpus)
-    with cl.client() as client, ProgressBars() as progress:
+    with dask.client() as client, ProgressBars() as progress:
         ledger = json_out.with_name(json_out.name + ".progress") if json_out else None
         res = evaluate_volumes(
             p,

@@ -9,23 +9,16 @@ import typer
 
 from organet.cli.errors import handle_errors
 from organet.cli.options import (
-    Cluster,
-    ClusterConfig,
     ClusterOptions,
-    Cores,
-    Gpus,
-    Memory,
     Overwrite,
-    Queue,
-    Scheduler,
-    Walltime,
-    Workers,
+    with_cluster_options,
 )
 from organet.cli.output import say
 from organet.volumes.geometry import check_same_voxel_size
 
 
 @handle_errors
+@with_cluster_options
 def instances(
     mask: Annotated[str, typer.Argument(help="binary mask or probability (e.g. OUT.zarr/mask), any volume form")],
     output: Annotated[Path, typer.Option(help="output folder: labels.zarr, objects.csv, objects.parquet")],
@@ -37,17 +30,9 @@ def instances(
     voxel_size: Annotated[
         tuple[float, float, float] | None, typer.Option(help="nm (z, y, x); overrides the metadata of both volumes")
     ] = None,
-    workers: Workers = None,
-    cluster: Cluster = None,
-    scheduler: Scheduler = None,
-    cluster_config: ClusterConfig = None,
-    queue: Queue = None,
-    cores: Cores = None,
-    memory: Memory = None,
-    walltime: Walltime = None,
-    gpus: Gpus = None,
     retries: Annotated[int, typer.Option(help="retries per failing block")] = 2,
     overwrite: Overwrite = False,
+    dask: ClusterOptions = ClusterOptions(),
 ) -> None:
     """Organelle instances: connected components over the whole volume, a size filter in nm³, a table.
 
@@ -62,8 +47,7 @@ def instances(
         r = open_volume(raw, voxel_size=voxel_size)
         check_same_voxel_size(r.voxel_size, m.voxel_size, f"the raw volume {raw}", f"the mask {mask}")
         r = r.crop_nm(*m.bounds_nm)
-    cl = ClusterOptions(workers, cluster, scheduler, cluster_config, queue, cores, memory, walltime, gpus)
-    with cl.client() as client:
+    with dask.client() as client:
         res = label_instances(
             m,
             output,

@@ -10,15 +10,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 
 from organet.errors import InputError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:  # pragma: no cover
     from organet.volumes import Roi, Volume
@@ -119,7 +123,46 @@ class ClusterOptions:
             yield client
 
 
+_CLUSTER_PARAMS: dict[str, Any] = {
+    "workers": Workers,
+    "cluster": Cluster,
+    "scheduler": Scheduler,
+    "cluster_config": ClusterConfig,
+    "queue": Queue,
+    "cores": Cores,
+    "memory": Memory,
+    "walltime": Walltime,
+    "gpus": Gpus,
+}
+
+
+def with_cluster_options(fn: F) -> F:
+    """Give a command the Dask cluster options (one help panel) as one ``dask: ClusterOptions`` argument.
+
+    The command declares ``dask: ClusterOptions`` as its last parameter; the command line
+    shows ``--workers``, ``--cluster``, ``--scheduler``, ``--cluster-config``, ``--queue``,
+    ``--cores``, ``--memory``, ``--walltime`` and ``--gpus`` instead.
+    """
+    sig = inspect.signature(fn, eval_str=True)
+    if "dask" not in sig.parameters:
+        raise TypeError(f"{fn.__name__} needs a 'dask: ClusterOptions' parameter")  # a defect in the command
+    params = [p for p in sig.parameters.values() if p.name != "dask"]
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params += [inspect.Parameter(n, kind, default=None, annotation=a) for n, a in _CLUSTER_PARAMS.items()]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        dask = ClusterOptions(**{n: kwargs.pop(n, None) for n in _CLUSTER_PARAMS})
+        return fn(*args, dask=dask, **kwargs)
+
+    annotations = {k: v for k, v in fn.__annotations__.items() if k != "dask"}
+    wrapper.__annotations__ = {**annotations, **_CLUSTER_PARAMS}
+    wrapper.__dict__["__signature__"] = sig.replace(parameters=params)
+    return cast(F, wrapper)
+
+
 __all__ = [
+    "with_cluster_options",
     "CLUSTER_PANEL",
     "Cluster",
     "ClusterConfig",

@@ -10,17 +10,9 @@ import typer
 
 from organet.cli.errors import handle_errors
 from organet.cli.options import (
-    Cluster,
-    ClusterConfig,
     ClusterOptions,
-    Cores,
-    Gpus,
-    Memory,
-    Queue,
-    Scheduler,
-    Walltime,
-    Workers,
     parse_roi_options,
+    with_cluster_options,
 )
 from organet.cli.output import say
 from organet.cli.progress import ProgressBars
@@ -31,6 +23,7 @@ BLOCKWISE = "Blocks (resumable: rerun the same command after a crash)"
 
 
 @handle_errors
+@with_cluster_options
 def predict(
     model: Annotated[Path, typer.Option(help="checkpoint (.pt); it carries everything else", rich_help_panel=IO)],
     input: Annotated[str, typer.Option("--input", help="raw volume", rich_help_panel=IO)],
@@ -62,15 +55,6 @@ def predict(
         str | None,
         typer.Option(help="test-time augmentation: mirror | mirror+transpose", rich_help_panel=PREDICTION),
     ] = None,
-    workers: Workers = None,
-    cluster: Cluster = None,
-    scheduler: Scheduler = None,
-    cluster_config: ClusterConfig = None,
-    queue: Queue = None,
-    cores: Cores = None,
-    memory: Memory = None,
-    walltime: Walltime = None,
-    gpus: Gpus = None,
     retries: Annotated[int, typer.Option(help="retries per failing block", rich_help_panel=BLOCKWISE)] = 2,
     block: Annotated[
         tuple[int, int, int] | None,
@@ -88,6 +72,7 @@ def predict(
             rich_help_panel=BLOCKWISE,
         ),
     ] = None,
+    dask: ClusterOptions = ClusterOptions(),
 ) -> None:
     """Predict foreground probability (uint8) and a mask over a volume or ROI.
 
@@ -104,8 +89,7 @@ def predict(
     if mask is not None or mask_rule is not None:
         mvol = open_volume(mask, default_voxel_size=voxel_size) if mask is not None else None
         sample = SampleMask(mvol, mask_rule)
-    cl = ClusterOptions(workers, cluster, scheduler, cluster_config, queue, cores, memory, walltime, gpus)
-    with warnings.catch_warnings(), cl.client() as client, ProgressBars() as progress:
+    with warnings.catch_warnings(), dask.client() as client, ProgressBars() as progress:
         warnings.simplefilter("always")
         res = predict_volume(
             predictor,

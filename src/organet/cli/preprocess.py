@@ -8,19 +8,11 @@ import typer
 
 from organet.cli.errors import handle_errors
 from organet.cli.options import (
-    Cluster,
-    ClusterConfig,
     ClusterOptions,
-    Cores,
-    Gpus,
-    Memory,
     Overwrite,
-    Queue,
     RoiVox,
-    Scheduler,
     VoxelSize,
-    Walltime,
-    Workers,
+    with_cluster_options,
 )
 from organet.cli.output import say
 from organet.cli.progress import ProgressBars
@@ -41,6 +33,7 @@ def _open(path: str, voxel_size: tuple[float, float, float] | None, roi_vox: str
 
 
 @handle_errors
+@with_cluster_options
 def preprocess(
     raw: Annotated[str, typer.Argument(help="raw volume (any supported format)")],
     output: Annotated[
@@ -59,16 +52,8 @@ def preprocess(
     voxel_size: VoxelSize = None,
     roi_vox: RoiVox = None,
     overwrite: Overwrite = False,
-    workers: Workers = None,
-    cluster: Cluster = None,
-    scheduler: Scheduler = None,
-    cluster_config: ClusterConfig = None,
-    queue: Queue = None,
-    cores: Cores = None,
-    memory: Memory = None,
-    walltime: Walltime = None,
-    gpus: Gpus = None,
     retries: Annotated[int, typer.Option(help="retries per failing block")] = 2,
+    dask: ClusterOptions = ClusterOptions(),
 ) -> None:
     """Contrast-normalize a raw volume blockwise into a uint8 OME-Zarr (method recorded in its metadata)."""
     from organet.preprocess.intensity import PreprocessParams, preprocess_volume
@@ -84,8 +69,7 @@ def preprocess(
         }
     )
     vol = _open(raw, voxel_size, roi_vox)
-    cl = ClusterOptions(workers, cluster, scheduler, cluster_config, queue, cores, memory, walltime, gpus)
-    with cl.client() as client, ProgressBars() as progress:
+    with dask.client() as client, ProgressBars() as progress:
         out = preprocess_volume(
             vol, output, params, block=block, overwrite=overwrite, progress=progress, client=client, retries=retries
         )

@@ -9,21 +9,13 @@ import typer
 
 from organet.cli.errors import handle_errors
 from organet.cli.options import (
-    Cluster,
-    ClusterConfig,
     ClusterOptions,
-    Cores,
-    Gpus,
-    Memory,
     Overwrite,
-    Queue,
     RoiNm,
     RoiVox,
-    Scheduler,
     VoxelSize,
-    Walltime,
-    Workers,
     parse_roi_options,
+    with_cluster_options,
 )
 from organet.cli.output import console, say
 from organet.cli.progress import ProgressBars
@@ -33,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @handle_errors
+@with_cluster_options
 def convert(
     src: Annotated[str, typer.Argument(help="input volume (any supported format)")],
     dst: Annotated[str, typer.Argument(help="output OME-Zarr 0.5 container (DST.zarr)")],
@@ -49,24 +42,15 @@ def convert(
         str, typer.Option(help="how a block becomes one voxel: mean (raw), majority (0/1 labels) or max")
     ] = "mean",
     overwrite: Overwrite = False,
-    workers: Workers = None,
-    cluster: Cluster = None,
-    scheduler: Scheduler = None,
-    cluster_config: ClusterConfig = None,
-    queue: Queue = None,
-    cores: Cores = None,
-    memory: Memory = None,
-    walltime: Walltime = None,
-    gpus: Gpus = None,
     retries: Annotated[int, typer.Option(help="retries per failing block")] = 2,
+    dask: ClusterOptions = ClusterOptions(),
 ) -> None:
     """Stream any volume into OME-Zarr 0.5 (never the whole volume in memory)."""
     from organet.volumes import convert_volume, open_volume
 
     src_vol = open_volume(src, voxel_size=voxel_size, offset=offset)
     roi = parse_roi_options(src_vol, roi_vox, roi_nm)
-    cl = ClusterOptions(workers, cluster, scheduler, cluster_config, queue, cores, memory, walltime, gpus)
-    with cl.client() as client, ProgressBars() as progress:
+    with dask.client() as client, ProgressBars() as progress:
         out = convert_volume(
             src,
             dst,

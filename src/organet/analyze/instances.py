@@ -29,7 +29,6 @@ lies at the volume offset).
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import time
 from collections.abc import Sequence
@@ -42,7 +41,7 @@ import pandas as pd
 from scipy import ndimage
 
 from organet.blockwise import run_blocks
-from organet.blockwise.output import ResumableOutput
+from organet.blockwise.output import ResumableOutput, volume_identity
 from organet.errors import IncompatibleError, InputError
 from organet.progress import ProgressFn
 from organet.volumes import Volume
@@ -302,17 +301,6 @@ class InstancesResult:
     note: str = ""
 
 
-def _identity(v: Volume | None) -> Any:
-    """The volume's path, or a digest of in-memory data (so a resumed run never mixes volumes)."""
-    if v is None:
-        return None
-    if v.path:
-        return v.path
-    if isinstance(v.data, np.ndarray):
-        return "sha256:" + hashlib.sha256(np.ascontiguousarray(v.data).tobytes()).hexdigest()
-    return None
-
-
 def _create_scratch(folder: Path, plan: BlockPlan) -> None:
     """The scratch array of the "label" pass in a fresh ``OUTPUT.partial``."""
     import zarr
@@ -404,13 +392,13 @@ def label_instances(
     output = Path(output).expanduser()
     run = {
         "pass": "instances",
-        "mask": _identity(mask),
+        "mask": volume_identity(mask),
         "mask_dtype": str(mask.dtype),
         "kind": kind,
         "shape": list(shape),
         "voxel_size": list(mask.voxel_size),
         "offset": list(mask.offset),
-        "raw": _identity(raw),
+        "raw": volume_identity(raw),
         "threshold": threshold,
         "connectivity": connectivity,
         "min_size_nm3": float(min_size_nm3),

@@ -11,6 +11,7 @@ all write through it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -54,6 +55,20 @@ def write_run(path: str | os.PathLike[str], run: dict[str, Any]) -> None:
         zarr.open_group(str(p), mode="r+").attrs[RUN_KEY] = run
     else:
         atomic_write_text(p / f"{RUN_KEY}.json", json.dumps(run, indent=1))
+
+
+def volume_identity(volume: Any) -> Any:
+    """What identifies a volume in a run record: its path, else a digest of an in-memory
+    array (so a resumed run never mixes two volumes), else None."""
+    if volume is None:
+        return None
+    path = getattr(volume, "path", "")
+    if isinstance(path, (str, os.PathLike)) and str(path):
+        return str(path)
+    data = getattr(volume, "data", volume)
+    if isinstance(data, np.ndarray):
+        return "sha256:" + hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+    return None
 
 
 def write_block(array_path: str | os.PathLike[str], region: Sequence[slice], data: np.ndarray) -> None:
@@ -172,6 +187,7 @@ __all__ = [
     "ResumableOutput",
     "read_run",
     "single_image",
+    "volume_identity",
     "write_block",
     "write_run",
 ]

@@ -91,7 +91,8 @@ def run_blocks(
     todo = [b for b in blocks if b.index not in done]
     total = len(blocks)
     announce(progress, stage, total)
-    advance(progress, stage, len(results), total)
+    if results:
+        advance(progress, stage, len(results), total)
     call = _Call(fn, stage, str(ledger.stage_dir(stage)) if ledger is not None else None)
     failures: dict[Shape3, str] = {}
     if client is None:

@@ -13,7 +13,6 @@ rerun with the same ledger resumes and gives identical totals.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from organet.blockwise import Ledger, Skip, run_blocks
+from organet.blockwise.output import volume_identity
 from organet.errors import IncompatibleError, InputError
 from organet.evaluate.exclusion import ExclusionMetric, exclusion_zone, normalize_exclusion
 from organet.evaluate.metrics import (
@@ -121,20 +121,6 @@ def _evaluate_block(job: _Job, block: Block) -> Any:
     if counts is None:
         return Skip()
     return np.array([[c.tp, c.fp, c.fn, c.tn] for c in counts], np.int64)
-
-
-def _identity(v: Any) -> Any:
-    """What identifies a volume in the ledger's run settings: its path, else a digest of an
-    in-memory array, else None (the caller's business)."""
-    if v is None:
-        return None
-    path = getattr(v, "path", "")
-    if isinstance(path, (str, os.PathLike)) and str(path):
-        return str(path)
-    data = getattr(v, "data", v)
-    if isinstance(data, np.ndarray):
-        return "sha256:" + hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
-    return None
 
 
 @dataclass(frozen=True)
@@ -311,9 +297,9 @@ def evaluate_volumes(
     if ledger is not None:
         run = {
             "pass": "evaluate",
-            "pred": _identity(pred),
-            "truth": _identity(truth),
-            "mask": _identity(mask),
+            "pred": volume_identity(pred),
+            "truth": volume_identity(truth),
+            "mask": volume_identity(mask),
             "shape": list(shape),
             "pred_dtype": str(np.dtype(pred.dtype)),
             "pred_kind": kind,

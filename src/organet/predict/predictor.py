@@ -177,8 +177,7 @@ class Predictor:
         f = self.factor(volume.voxel_size)
         if f == (1, 1, 1):
             return roi
-        shape = [-(-n // k) for n, k in zip(volume.shape, f)]
-        lo, hi = coarse_cover(roi.offset, roi.end, f, shape)
+        lo, hi = coarse_cover(roi.offset, roi.end, f, self.model_grid(volume).shape)
         return Roi(lo, [b - a for a, b in zip(lo, hi)])
 
     def for_region(self, volume: Any, roi: Roi) -> Predictor:
@@ -251,8 +250,9 @@ class Predictor:
             return np.ascontiguousarray(model_probability[sl])
         need = self.model_region(volume, roi)
         sl = tuple(slice(a - o, b - o) for a, b, o in zip(need.offset, need.end, region.offset))
-        shape = [-(-n // k) for n, k in zip(volume.shape, f)]
-        return upsample_linear(model_probability[sl], need.offset, shape, f, roi.offset, roi.end)
+        return upsample_linear(
+            model_probability[sl], need.offset, self.model_grid(volume).shape, f, roi.offset, roi.end
+        )
 
     def predict(self, volume: Any, roi: Roi) -> np.ndarray:
         """Foreground probability (float32, ``roi.shape``) of ``roi`` (input voxels) of ``volume``.

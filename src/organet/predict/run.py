@@ -35,7 +35,7 @@ import numpy as np
 import zarr
 
 from organet.blockwise import Skip, run_blocks
-from organet.blockwise.output import ResumableOutput, write_block
+from organet.blockwise.output import ResumableOutput, volume_identity, write_block
 from organet.errors import InputError, VolumeError
 from organet.progress import ProgressFn
 from organet.volumes import Roi, Volume, open_volume
@@ -232,7 +232,7 @@ def predict_volume(
     run = {
         "predictor": pred.describe(),
         "checkpoint_sha256": _sha256(model_path) if model_path else None,
-        "input": vol.path,
+        "input": volume_identity(vol),
         "input_shape": list(vol.shape),
         "voxel_size": list(vol.voxel_size),
         "roi_offset": list(roi.offset),

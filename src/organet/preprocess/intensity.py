@@ -28,7 +28,6 @@ it to [-1, 1].
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import math
 import os
@@ -42,7 +41,7 @@ import zarr
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from organet.blockwise import run_blocks
-from organet.blockwise.output import ResumableOutput, single_image, write_block
+from organet.blockwise.output import ResumableOutput, single_image, volume_identity, write_block
 from organet.errors import VolumeError
 from organet.progress import ProgressFn
 from organet.volumes.blocks import Block, plan_blocks
@@ -504,7 +503,7 @@ def preprocess_volume(
     run = {
         "kind": "preprocess",
         "preprocess": record,
-        "source": src.path,
+        "source": volume_identity(src),
         "source_shape": list(src.shape),
         "source_dtype": str(src.dtype),
         "voxel_size": list(src.voxel_size),
@@ -512,8 +511,6 @@ def preprocess_volume(
         "chunks": list(plan.chunks),
         "block_shape": list(plan.block_shape),
     }
-    if not src.path:  # an in-memory volume: resume only with the same data
-        run["source_sha256"] = hashlib.sha256(np.ascontiguousarray(src.read()).tobytes()).hexdigest()
     out = ResumableOutput(dst, run, overwrite=overwrite)
     if out.complete:
         return open_volume(out.path)

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from organet.blockwise import run_blocks
-from organet.blockwise.output import ResumableOutput, single_image, write_block
+from organet.blockwise.output import ResumableOutput, single_image, volume_identity, write_block
 from organet.errors import InputError
 from organet.evaluate.exclusion import exclusion_zone
 from organet.progress import ProgressFn, advance, announce
@@ -183,7 +183,7 @@ def exclusion_mask_volume(
     plan = plan_blocks(truth.roi, chunks, as_int3(block, "block", minimum=1), context=(halo, halo, halo))
     run = {
         "kind": "exclusion_mask",
-        "source": truth.path,
+        "source": volume_identity(truth),
         "source_shape": list(truth.shape),
         "voxel_size": list(truth.voxel_size),
         "offset": list(truth.offset),

@@ -219,9 +219,6 @@ class OmeZarrWriter:
                 raise VolumeError(f"invalid image name {name!r}")
         if name in self._images:
             raise VolumeError(f"image {name or '<root>'!r} already exists in {self.path}")
-        shape = as_int3(shape, "image shape", minimum=1)
-        chunks = as_int3(chunks, "chunks", minimum=1)
-        chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
         vs = as_vec3(voxel_size, "voxel size (nm)", positive=True)
         off = as_vec3(offset, "offset (nm)")
         try:
@@ -233,7 +230,7 @@ class OmeZarrWriter:
             group, shape, dtype, vs, off, chunks, meta, name=name or self.path.stem, fill_value=fill_value
         )
         final = str(self.path) if name is None else f"{self.path}/{name}"
-        vol = Volume(arr, vs, off, path=final, attrs=meta, chunks=chunks, writable=True)
+        vol = Volume(arr, vs, off, path=final, attrs=meta, chunks=arr.chunks, writable=True)
         vol._spec, vol._mode = (str(self.tmp_path) if name is None else f"{self.tmp_path}/{name}"), "r+"
         self._images[name] = vol
         return vol

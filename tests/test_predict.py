@@ -270,8 +270,11 @@ def test_failed_run_resumes_to_identical_output(files, client, faults, tmp_path)
     zarr.open_array(str(partial), path="probability/s0", mode="r+")[16:30, 32:40, 32:44] = 77
     from organet.blockwise import dask_client
 
+    set_faults(faults, "predict", [(0, 0, 0)], tmp_path / "c-done")  # a finished block must not run again
     with dask_client(scheduler=client.scheduler.address) as other:  # resume from another client (--scheduler)
         res = run(files, out, client=other)
+    faults.write_text("[]")
+    assert attempts(tmp_path / "c-done", "predict", (0, 0, 0)) == 0
     assert (res.resumed, res.computed) == (6, 2)
     assert_same(out, files / "ref.zarr")
     assert not (tmp_path / "r.zarr.progress").exists() and not partial.exists()

@@ -147,7 +147,7 @@ def test_exclusion_zone_no_boundary_and_zero_width() -> None:
     assert not exclusion_zone(TRUTH_1D, 0, 0).any()
     with pytest.raises(ValueError):
         exclusion_zone(TRUTH_1D, -1, 0)
-    assert EXCLUSION_ZONE_WIDTHS == {"mito": 4, "golgi": 2, "er": 2, "nuclear_pore": 1, "coated_pit": 2}
+    assert EXCLUSION_ZONE_WIDTHS == {"mito": 4, "golgi": 2, "er": 2, "np": 1, "ccp": 2}
 
 
 def test_exclusion_zone_matches_brute_force() -> None:

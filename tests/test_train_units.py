@@ -53,14 +53,21 @@ def test_mask_rejection_and_roi_weighting():
     assert abs(frac_big - 0.75) < 0.03
 
 
-def test_small_roi_is_padded_grey_background_mask_one():
+def test_small_roi_is_padded_grey_background_mask_one_with_context_pad():
     labels = np.ones((3, 3, 3), np.uint8)
     raw = np.full((3, 3, 3), 7, np.uint8)
-    s = BlockSampler([_roi(labels, raw=raw)], (5, 5, 5), (9, 9, 9), SamplingConfig(reject_probability=0))
+    cfg = SamplingConfig(reject_probability=0, context="pad")
+    s = BlockSampler([_roi(labels, raw=raw)], (5, 5, 5), (9, 9, 9), cfg)
     d = s.draw(np.random.default_rng(0))
     assert d.raw.shape == (9, 9, 9)
     assert set(np.unique(d.raw)) == {7, 128} and (d.raw == 7).sum() == 27
     assert (d.labels == 1).sum() == 27 and (d.mask == 1).all()
+    # context 'volume' (default): this ROI is its whole volume, so raw outside is padding too,
+    # but the loss mask is 0 outside the ROI
+    v = BlockSampler([_roi(labels, raw=raw)], (5, 5, 5), (9, 9, 9), SamplingConfig(reject_probability=0))
+    dv = v.draw(np.random.default_rng(0))
+    assert (dv.raw == d.raw).all() and (dv.labels == d.labels).all()
+    assert (dv.mask == (dv.raw == 7)).all() and dv.mask.sum() == 27
 
 
 def test_crop_padded():

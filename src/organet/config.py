@@ -13,8 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from organet.errors import ConfigError
+from organet.errors import ConfigError, InputError
+from organet.evaluate.exclusion import resolve_exclusion
 from organet.model.unet import UNetConfig, output_shape, valid_sizes
+from organet.organelles import canonical_organelle
 from organet.preprocess.normalize import Normalization
 from organet.train.augment import AugmentConfig
 
@@ -90,6 +92,11 @@ class SamplingConfig(_Strict):
     reject_probability: float = Field(default=0.9, ge=0, le=1)
     min_masked: float = Field(default=0.75, ge=0, le=1, description="fraction inside the sample mask")
     mask_reject_probability: float = Field(default=0.95, ge=0, le=1)
+    context: Literal["volume", "pad"] = Field(
+        default="volume",
+        description="raw around an ROI: 'volume' = the real data (padded only outside the volume; labels/mask "
+        "outside the ROI get loss weight 0); 'pad' = mid-grey, labels 0, mask 1 (runs before this setting)",
+    )
 
 
 class LossConfig(_Strict):
@@ -130,10 +137,20 @@ class TrainingConfig(_Strict):
 
 
 class ValidationConfig(_Strict):
-    exclusion_zone: tuple[int, int] | None = Field(default=(4, 4), description="(inner, outer) voxels")
+    exclusion_zone: tuple[int, int] | None = Field(
+        default=None,
+        description="(inner, outer) voxels; unset (or null): the organelle's width both ways; [0, 0]: no exclusion",
+    )
     threshold: float = Field(default=0.5, gt=0, lt=1)
     tile_input_shape: Triple | None = None
     batch_size: int = Field(default=1, ge=1)
+
+    @field_validator("exclusion_zone")
+    @classmethod
+    def _widths(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and min(v) < 0:
+            raise ValueError(f"widths must be >= 0 voxels, got {list(v)}")
+        return v
 
 
 class ExperimentConfig(_Strict):
@@ -150,6 +167,27 @@ class ExperimentConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+
+    @field_validator("organelle")
+    @classmethod
+    def _organelle(cls, v: str) -> str:
+        try:
+            return canonical_organelle(v, "organelle")
+        except InputError as e:  # pydantic puts the key in front of the message
+            raise ValueError(str(e).removeprefix("organelle: ")) from None
+
+    def validation_exclusion_zone(self) -> tuple[int, int] | None:
+        """The exclusion zone of validation F1, ``(inner, outer)`` voxels, or None for none:
+        ``validation.exclusion_zone`` if set, else the organelle's width both ways."""
+        return resolve_exclusion(self.validation.exclusion_zone, self.organelle)
+
+    def record(self) -> dict[str, Any]:
+        """The config as JSON-ready data, with the exclusion zone written out as resolved
+        (``[0, 0]`` for none), so a recorded config means the same when read back."""
+        d = self.model_dump(mode="json")
+        ez = self.validation_exclusion_zone()
+        d["validation"]["exclusion_zone"] = list(ez) if ez is not None else [0, 0]
+        return d
 
     def resolve_paths(self, base: Path) -> ExperimentConfig:
         """A copy with data and output paths made absolute against ``base``."""

@@ -7,7 +7,8 @@ Layout: one module per command group; every command is a plain function decorate
 * :mod:`.predict` predict                          * :mod:`.evaluate` evaluate
 * :mod:`.demo` demo                                * :mod:`.instances` instances
 * :mod:`.analyze` analyze pores / coated-pits      * :mod:`.preprocess` preprocess, masks sample / exclusion
-* :mod:`.annotate` annotate graphcut / napari
+* :mod:`.annotate` annotate graphcut / napari      * :mod:`.experiment` experiment (grids)
+* :mod:`.importers` import incasem                  * :mod:`.models` models list / info / fetch
 
 Shared option types are in :mod:`.options`, the error contract in :mod:`.errors`
 (bad input: one ``error:`` line, exit 2), progress bars in :mod:`.progress`, result
@@ -19,7 +20,20 @@ from __future__ import annotations
 
 import typer
 
-from organet.cli import analyze, annotate, demo, evaluate, instances, predict, preprocess, train, volumes
+from organet.cli import (
+    analyze,
+    annotate,
+    demo,
+    evaluate,
+    experiment,
+    importers,
+    instances,
+    models,
+    predict,
+    preprocess,
+    train,
+    volumes,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -29,6 +43,8 @@ app = typer.Typer(
 )
 analyze_app = typer.Typer(no_args_is_help=True, help="Measure organelles in predictions (nuclear pores, coated pits).")
 annotate_app = typer.Typer(no_args_is_help=True, help="Ground-truth annotation from sparse scribbles (graph cut).")
+import_app = typer.Typer(no_args_is_help=True, help="Import models trained by other tools (incasem).")
+models_app = typer.Typer(no_args_is_help=True, help="Pretrained models by name: list, show, download into the cache.")
 masks_app = preprocess.masks_app
 
 app.command("convert")(volumes.convert)
@@ -36,6 +52,7 @@ app.command("info")(volumes.info)
 app.command("train")(train.train)
 app.command("predict")(predict.predict)
 app.command("evaluate")(evaluate.evaluate)
+app.command("experiment")(experiment.experiment)
 app.command("valid-sizes")(volumes.valid_sizes)
 app.command("demo")(demo.demo)
 app.command("instances")(instances.instances)
@@ -46,9 +63,15 @@ analyze_app.command("pores")(analyze.pores)
 analyze_app.command("coated-pits")(analyze.coated_pits)
 annotate_app.command("graphcut")(annotate.graphcut)
 annotate_app.command("napari")(annotate.napari)
+import_app.command("incasem")(importers.incasem)
+models_app.command("list")(models.list_models)
+models_app.command("info")(models.info)
+models_app.command("fetch")(models.fetch)
 app.add_typer(masks_app, name="masks")
 app.add_typer(analyze_app, name="analyze")
 app.add_typer(annotate_app, name="annotate")
+app.add_typer(import_app, name="import")
+app.add_typer(models_app, name="models")
 
 
 def main() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,7 +24,14 @@ BLOCKWISE = "Blocks (resumable: rerun the same command after a crash)"
 @handle_errors
 @with_cluster_options
 def predict(
-    model: Annotated[Path, typer.Option(help="checkpoint (.pt); it carries everything else", rich_help_panel=IO)],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="checkpoint (.pt) or a model name from `organet models list` (downloaded once into the cache); "
+            "it carries everything else",
+            rich_help_panel=IO,
+        ),
+    ],
     input: Annotated[str, typer.Option("--input", help="raw volume", rich_help_panel=IO)],
     output: Annotated[str, typer.Option(help="output container OUT.zarr", rich_help_panel=IO)],
     roi_vox: Annotated[
@@ -79,12 +85,15 @@ def predict(
     The ROI is predicted in blocks, in this process or on Dask (--workers, --cluster, --scheduler), resumably:
     rerun the same command after a crash.
     """
+    from organet.model.registry import resolve_model
     from organet.predict import Predictor, SampleMask, predict_volume
     from organet.volumes import open_volume
 
     vol = open_volume(input, default_voxel_size=voxel_size)
     roi = parse_roi_options(vol, roi_vox, roi_nm)
-    predictor = Predictor.from_checkpoint(model, tile=tile, batch_size=batch_size, device=device, tta=tta)
+    with ProgressBars(transient=True) as bars:
+        checkpoint = resolve_model(model, progress=bars)
+    predictor = Predictor.from_checkpoint(checkpoint, tile=tile, batch_size=batch_size, device=device, tta=tta)
     sample = None
     if mask is not None or mask_rule is not None:
         mvol = open_volume(mask, default_voxel_size=voxel_size) if mask is not None else None
@@ -107,6 +116,10 @@ def predict(
         )
     if res.note:
         say(f"note: {res.note}")
+    if res.preprocess_on_the_fly:
+        from organet.preprocess.normalize import describe_preprocess
+
+        say(f"note: input normalized on the fly as the model expects: {describe_preprocess(res.preprocess_on_the_fly)}")
     if res.already_complete:
         say(f"{res.output} is already complete ({res.blocks} blocks); nothing to do")
         return

@@ -42,10 +42,13 @@ def preprocess(
             "--output", "-o", help="output OME-Zarr (new.zarr, or raw.zarr/clahe inside an existing container)"
         ),
     ],
-    method: Annotated[str, typer.Option(help="none | linear | histeq | clahe")] = "clahe",
+    method: Annotated[str, typer.Option(help="none | linear | histeq | clahe | clahe-incasem")] = "clahe",
     clip_limit: Annotated[float, typer.Option(help="CLAHE clip limit (normalized; seed: 0.01/0.02/0.03)")] = 0.02,
     kernel: Annotated[int, typer.Option(help="CLAHE contextual region (voxels per axis)")] = 128,
     nbins: Annotated[int, typer.Option(help="CLAHE histogram bins")] = 256,
+    incasem_block: Annotated[
+        int, typer.Option(help="clahe-incasem: incasem's write block, each equalized on its own (voxels per axis)")
+    ] = 128,
     low_percentile: Annotated[float, typer.Option(help="linear: percentile mapped to 0")] = 0.5,
     high_percentile: Annotated[float, typer.Option(help="linear: percentile mapped to 255")] = 99.5,
     block: Annotated[tuple[int, int, int], typer.Option(help="voxels processed at a time (z, y, x)")] = (64, 256, 256),
@@ -66,6 +69,7 @@ def preprocess(
             "nbins": nbins,
             "low_percentile": low_percentile,
             "high_percentile": high_percentile,
+            "block": incasem_block,
         }
     )
     vol = _open(raw, voxel_size, roi_vox)

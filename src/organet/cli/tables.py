@@ -11,12 +11,15 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.table import Table
 
 if TYPE_CHECKING:  # pragma: no cover
     from organet.demo.run import DemoResult
     from organet.evaluate.blockwise import EvaluationResult
+    from organet.evaluate.checkpoints import CheckpointEvaluation
     from organet.evaluate.metrics import Counts
+    from organet.model.registry import ModelEntry
 
 
 def score(x: float, digits: int = 3) -> str:
@@ -86,6 +89,24 @@ def evaluation_tables(result: EvaluationResult, title: str | None = None) -> lis
     return [scores, counts]
 
 
+def checkpoint_table(result: CheckpointEvaluation) -> Table:
+    """Scores per checkpoint (iteration, F1, precision, recall, IoU), then their mean and
+    sample SD (ddof = 1) in bold."""
+    metrics = ("f1", "precision", "recall", "iou")
+    rows: list[tuple[Sequence[str], str | None]] = [
+        ([str(r.iteration), *(score(r.metric(m), 4) for m in metrics)], None) for r in result.rows
+    ]
+    rows.append((["mean", *(score(result.mean[m], 4) for m in metrics)], "bold"))
+    rows.append((["SD", *(score(result.sd[m], 4) for m in metrics)], "bold"))
+    excl = "none" if result.exclusion is None else f"{result.exclusion[0]} in / {result.exclusion[1]} out vox"
+    return _table(
+        f"{len(result.rows)} checkpoints ({result.organelle})",
+        ("iteration", "F1", "precision", "recall", "IoU"),
+        rows,
+        caption=f"SD: sample standard deviation (ddof = 1) · exclusion {excl} · threshold {result.threshold:g}",
+    )
+
+
 def demo_table(result: DemoResult) -> Table:
     """The demo's held-out scores, one row per exclusion zone."""
     rows = [
@@ -101,10 +122,41 @@ def demo_table(result: DemoResult) -> Table:
     )
 
 
+def models_table(entries: Iterable[ModelEntry], cached: Mapping[str, bool], caption: str | None = None) -> Table:
+    """The pretrained models, one row each: name, organelle, voxel size (nm; one number when
+    isotropic), normalization, kind, licence (both shortened) and whether the file is cached.
+    Text columns, left-aligned, with a light frame so seven of them fit 80 columns."""
+    rows = [
+        (
+            [
+                e.name,
+                e.organelle,
+                e.voxel_size_text,
+                e.short_normalization,
+                e.kind,
+                e.short_licence,
+                "yes" if cached.get(e.name) else "no",
+            ],
+            None,
+        )
+        for e in entries
+    ]
+    t = _table(
+        "Pretrained models",
+        ("name", "organelle", "voxel nm", "normalization", "kind", "licence", "cached"),
+        rows,
+        caption=caption,
+    )
+    t.box, t.show_edge, t.pad_edge, t.padding = box.SIMPLE_HEAD, False, False, (0, 1, 0, 0)
+    for c in t.columns:
+        c.justify = "left"
+    return t
+
+
 def print_tables(console: Any, tables: Iterable[Table]) -> None:
     """Print ``tables`` one after the other."""
     for t in tables:
         console.print(t)
 
 
-__all__ = ["count", "demo_table", "evaluation_tables", "print_tables", "score"]
+__all__ = ["checkpoint_table", "count", "demo_table", "evaluation_tables", "models_table", "print_tables", "score"]

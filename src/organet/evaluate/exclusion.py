@@ -6,24 +6,21 @@ All distances are in voxels; arrays are in (z, y, x) order (any dimensionality w
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 
 from organet.errors import InputError
+from organet.organelles import ORGANELLES, organelle
 
 ExclusionMetric = Literal["euclidean", "taxicab"]
 
-#: Half-widths (voxels) of the boundary exclusion zone per organelle, as used by incasem
-#: (ASEM, Gallusser et al. 2023). Each value applies both inwards and outwards.
-EXCLUSION_ZONE_WIDTHS: Mapping[str, int] = {
-    "mito": 4,
-    "golgi": 2,
-    "er": 2,
-    "nuclear_pore": 1,
-    "coated_pit": 2,
-}
+#: Half-widths (voxels) of the boundary exclusion zone per organelle (canonical names, see
+#: :data:`organet.organelles.ORGANELLES`), as used by incasem (ASEM, Gallusser et al. 2023).
+#: Each value applies both inwards and outwards.
+EXCLUSION_ZONE_WIDTHS: Mapping[str, int] = MappingProxyType({o.name: o.exclusion_zone for o in ORGANELLES.values()})
 
 
 def _distance_to(target: np.ndarray, metric: ExclusionMetric) -> np.ndarray:
@@ -89,18 +86,13 @@ def normalize_exclusion(
 ) -> tuple[int, int] | None:
     """Turn an exclusion spec into ``(inner, outer)`` voxels, or None for no exclusion.
 
-    Accepts ``(inner, outer)``, a single int (same width both ways), an organelle name from
-    :data:`EXCLUSION_ZONE_WIDTHS`, or None. ``(0, 0)`` is returned as None.
+    Accepts ``(inner, outer)``, a single int (same width both ways), an organelle name
+    (canonical or alias, see :mod:`organet.organelles`), or None. ``(0, 0)`` is returned as None.
     """
     if exclusion is None:
         return None
     if isinstance(exclusion, str):
-        try:
-            w = EXCLUSION_ZONE_WIDTHS[exclusion]
-        except KeyError:
-            known = ", ".join(sorted(EXCLUSION_ZONE_WIDTHS))
-            raise InputError(f"unknown organelle {exclusion!r} for exclusion; known: {known}") from None
-        inner = outer = w
+        inner = outer = organelle(exclusion, "exclusion").exclusion_zone
     elif isinstance(exclusion, (int, np.integer)):
         inner = outer = int(exclusion)
     else:
@@ -110,3 +102,21 @@ def normalize_exclusion(
     if inner == 0 and outer == 0:
         return None
     return inner, outer
+
+
+def resolve_exclusion(
+    exclusion: tuple[int, int] | int | str | None,
+    organelle_name: str | None,
+) -> tuple[int, int] | None:
+    """The exclusion zone to use, ``(inner, outer)`` voxels, or None for none.
+
+    ``exclusion`` wins when given (``(0, 0)`` or ``0`` say "no exclusion"); None means
+    the default of ``organelle_name`` (its width inwards and outwards, e.g. ``np`` -> (1, 1)),
+    or no exclusion when no organelle is known either. Raises
+    :class:`~organet.errors.InputError` for an unknown organelle (naming the nearest).
+    """
+    if exclusion is not None:
+        return normalize_exclusion(exclusion)
+    if organelle_name is None:
+        return None
+    return normalize_exclusion(organelle(organelle_name).exclusion_zone)

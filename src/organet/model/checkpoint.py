@@ -9,14 +9,17 @@ Writes are atomic (temporary file, then rename).
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from organet.errors import CheckpointError
+from organet.errors import CheckpointError, InputError
 from organet.model.unet import UNet, UNetConfig, output_shape
+from organet.organelles import canonical_organelle
 from organet.preprocess.normalize import Normalization
 from organet.volumes.atomic import atomic_path
 
@@ -37,6 +40,9 @@ class Checkpoint:
     training_config: dict[str, Any] = field(default_factory=dict)
     optimizer_state: dict[str, Any] | None = None
     rng_state: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.organelle = canonical_organelle(self.organelle, "checkpoint organelle")
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
@@ -81,6 +87,16 @@ class Checkpoint:
         }
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of the file at ``path`` (read in 1 MiB pieces): how runs record and
+    the model registry verifies the exact checkpoint or download they used."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     """Write ``ckpt`` to ``path`` atomically; returns the path."""
     path = Path(path)
@@ -111,12 +127,16 @@ def load_checkpoint(path: str | Path, expect_architecture: UNetConfig | None = N
         raise CheckpointError(
             f"checkpoint {path} has another architecture: {arch.to_dict()} (expected {expect_architecture.to_dict()})"
         )
+    try:
+        organelle = canonical_organelle(d["organelle"], f"checkpoint {path}: organelle")
+    except InputError as e:
+        raise CheckpointError(str(e)) from None
     ckpt = Checkpoint(
         architecture=arch,
         input_shape=tuple(d["input_shape"]),
         voxel_size=tuple(float(v) for v in d["voxel_size"]),  # type: ignore[arg-type]
         normalization=Normalization(**d["normalization"]),
-        organelle=d["organelle"],
+        organelle=organelle,  # canonical (older checkpoints may hold a long form such as "mitochondria")
         state_dict=d["state_dict"],
         iteration=int(d.get("iteration", 0)),
         metrics=d.get("metrics") or {},

@@ -12,10 +12,14 @@ While running, the data lives in ``OUT.zarr.partial`` and the finished blocks in
 ledger ``OUT.zarr.progress`` (:class:`~organet.blockwise.Ledger`); a rerun of the same
 command resumes, and ``OUT.zarr`` appears (by rename) only when complete.
 
-Passes: ``predict`` (output blocks; with a model at k x the input's voxel size, blocks of
-the model grid made of whole tiles, kept as float32 in ``OUT.zarr.partial/model_grid``),
-then ``resample`` (resampled runs: output blocks interpolated from the model grid), then
-the pyramids. No tile is computed twice when the blocks are whole tile steps.
+Passes: ``clahe-incasem`` (only when the model expects incasem's CLAHE and the input is
+untouched raw: the region the tiles read, in incasem's write blocks, into the uint8 scratch
+``OUT.zarr.partial/clahe_incasem``, which the network then reads), ``predict`` (output
+blocks; with a model at k x the input's voxel size, blocks of the model grid made of whole
+tiles, kept as float32 in ``OUT.zarr.partial/model_grid``), then ``resample`` (resampled
+runs: output blocks interpolated from the model grid), then the pyramids. No tile is
+computed twice when the blocks are whole tile steps. Scratch arrays are removed before the
+output is complete.
 
 Sizes and offsets are in voxels, (z, y, x), unless named ``_nm``.
 """
@@ -23,7 +27,6 @@ Sizes and offsets are in voxels, (z, y, x), unless named ``_nm``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -36,21 +39,24 @@ import zarr
 
 from organet.blockwise import Skip, run_blocks
 from organet.blockwise.output import ResumableOutput, volume_identity, write_block
-from organet.errors import InputError, VolumeError
+from organet.errors import IncompatibleError, InputError, VolumeError
+from organet.model.checkpoint import file_sha256
 from organet.progress import ProgressFn
 from organet.volumes import Roi, Volume, open_volume
 from organet.volumes.atomic import remove_path
 from organet.volumes.blocks import Block, plan_blocks
 from organet.volumes.foreground import probability_to_uint8, uint8_cut
-from organet.volumes.geometry import Shape3
+from organet.volumes.geometry import Shape3, fmt_vec
 from organet.volumes.ome_zarr import create_ome_image
 from organet.volumes.pyramid import build_pyramid
 from organet.volumes.resample import Mode
 
 from .predictor import Predictor
 from .sample_mask import SampleMask
+from .tiled import reflect_indices
 
 MODEL_GRID = "model_grid"  # scratch array of a resampled run, removed before the output is complete
+CLAHE_INCASEM = "clahe_incasem"  # scratch input normalized on the fly, removed before the output is complete
 IMAGES: dict[str, Mode] = {"probability": "mean", "mask": "max"}
 
 
@@ -69,6 +75,7 @@ class PredictionResult:
     pyramid_levels: int
     already_complete: bool = False
     note: str = ""
+    preprocess_on_the_fly: dict[str, Any] | None = None
 
 
 def default_chunks(step: Sequence[int], preferred: int = 64) -> Shape3:
@@ -84,20 +91,14 @@ def default_chunks(step: Sequence[int], preferred: int = 64) -> Shape3:
     return (out[0], out[1], out[2])
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class _Job:
     """Everything a worker needs for one block (picklable; volumes reopen by path).
 
     ``origin``: the output's first voxel (input grid); ``region``: the model-grid region
-    whose probabilities a resampled run keeps in ``partial/model_grid`` (float32)."""
+    whose probabilities a resampled run keeps in ``partial/model_grid`` (float32);
+    ``net_input``: what the network reads when it is not ``raw`` (the input normalized on
+    the fly; ``raw`` still decides where the sample is)."""
 
     predictor: Predictor
     raw: Volume
@@ -106,6 +107,7 @@ class _Job:
     region: Roi
     cut: int
     sample_mask: SampleMask | None
+    net_input: Volume | None = None
 
 
 def _write_output(job: _Job, block: Block, p: np.ndarray) -> None:
@@ -119,8 +121,22 @@ def _predict_block(job: _Job, block: Block) -> Any:
     """The model on the input's grid: probabilities of one output block."""
     if job.sample_mask is not None and not job.sample_mask.has_sample(job.raw, block.roi):
         return Skip()
-    _write_output(job, block, job.predictor.predict(job.raw, block.roi))
+    src = job.net_input if job.net_input is not None else job.raw
+    _write_output(job, block, job.predictor.predict(src, block.roi))
     return None
+
+
+def input_box(pred: Predictor, vol: Volume, roi: Roi) -> Roi:
+    """The input voxels the tiles of ``pred`` (tile and anchor fixed, same voxel size as
+    ``vol``) read to predict ``roi``: their inputs, mirrored into the volume, as one box."""
+    grid = pred.grid()
+    origin, shape, _ = grid.covering(roi.offset, roi.end, pred.anchor or (0, 0, 0))
+    lo, hi = [], []
+    for o, n, c, t, st, size in zip(origin, shape, grid.context, grid.tile_in, grid.step, vol.shape):
+        idx = reflect_indices(o - c, o + n - st - c + t, size)  # first tile's start .. last tile's end
+        lo.append(int(idx.min()))
+        hi.append(int(idx.max()) + 1)
+    return Roi(lo, [b - a for a, b in zip(lo, hi)])
 
 
 def _model_grid_block(job: _Job, block: Block) -> Any:
@@ -188,17 +204,28 @@ def predict_volume(
         :class:`~organet.errors.BlockFailures` and the partial output stays for a rerun.
     check_preprocess
         Refuse an input whose recorded contrast normalization differs from the model's.
+        A model that expects ``clahe-incasem`` applied to untouched raw at its own voxel
+        size normalizes it on the fly (pass ``clahe-incasem``; recorded in the metadata);
+        False turns both off (for data normalized by another tool, e.g. incasem itself).
     """
     t0 = time.time()
     pred = predictor if isinstance(predictor, Predictor) else Predictor.from_checkpoint(predictor)
     if pred.checkpoint is None and client is not None:
         raise InputError("prediction on Dask needs a model from a checkpoint file")
     vol = raw if isinstance(raw, Volume) else open_volume(raw)
+    on_fly: dict[str, Any] | None = None
     if check_preprocess:
         from organet.preprocess.normalize import check_preprocess as _check
 
-        _check(pred.normalization.preprocess, vol.attrs, f"input {vol.path}", "the model")
+        on_fly = _check(pred.normalization.preprocess, vol.attrs, f"input {vol.path}", "the model", on_the_fly=True)
     factor = pred.factor(vol.voxel_size)
+    if on_fly is not None and factor != (1, 1, 1):
+        raise IncompatibleError(
+            f"the model expects {on_fly['method']} contrast computed at its voxel size {fmt_vec(pred.voxel_size)} nm, "
+            f"but the input {vol.path or '<in memory>'} has {fmt_vec(vol.voxel_size)} nm voxels and no preprocessing; "
+            f"run `organet preprocess --method {on_fly['method']}` on data at {fmt_vec(pred.voxel_size)} nm "
+            "(organet convert --downsample first) and predict on that"
+        )
     if client is not None and vol._spec is None and not isinstance(vol.data, np.ndarray):
         raise VolumeError(f"{vol.path or 'the input volume'} cannot be sent to Dask workers: open it from a file")
     roi = roi if roi is not None else vol.roi
@@ -226,12 +253,18 @@ def predict_volume(
             f"blocks are not whole tile steps ({'x'.join(map(str, step))} voxels), so tiles on block edges are "
             "computed more than once"
         )
+    clahe_plan = None
+    if on_fly is not None:  # the region the tiles read, in whole write blocks of incasem's grid
+        from organet.preprocess.clahe_incasem import snap_to_grid
+
+        wb = tuple(min(int(b), n) for b, n in zip(on_fly["block"], vol.shape))
+        clahe_plan = plan_blocks(snap_to_grid(input_box(pred, vol, roi), wb, vol.shape), wb, wb)
     offset_nm = tuple(o + r * v for o, r, v in zip(vol.offset, roi.offset, vol.voxel_size))
     output = Path(output).expanduser()
     model_path = pred.checkpoint
     run = {
         "predictor": pred.describe(),
-        "checkpoint_sha256": _sha256(model_path) if model_path else None,
+        "checkpoint_sha256": file_sha256(model_path) if model_path else None,
         "input": volume_identity(vol),
         "input_shape": list(vol.shape),
         "voxel_size": list(vol.voxel_size),
@@ -242,6 +275,7 @@ def predict_volume(
         "threshold": float(threshold),
         "factor": list(factor),
         "sample_mask": sample_mask.describe() if sample_mask is not None else None,
+        **({"preprocess_on_the_fly": on_fly} if on_fly is not None else {}),
     }
     meta = {
         "model": {
@@ -255,6 +289,7 @@ def predict_volume(
         "roi_vox": {"offset": list(roi.offset), "shape": list(roi.shape)},
         **({"tta": pred.tta} if pred.tta else {}),
         **({"resampled": {"factor": list(factor), "upsampling": "linear"}} if factor != (1, 1, 1) else {}),
+        **({"preprocess_on_the_fly": on_fly} if on_fly is not None else {}),
     }
     out = ResumableOutput(output, run, overwrite=overwrite)
     if out.complete:
@@ -270,11 +305,13 @@ def predict_volume(
             _levels(output),
             already_complete=True,
             note=note,
+            preprocess_on_the_fly=on_fly,
         )
     out.start(
         functools.partial(
             _create_images,
             model_grid=(region.shape, step) if resampled else None,
+            scratch=(vol.shape, clahe_plan.chunks) if clahe_plan is not None else None,
             shape=roi.shape,
             chunks=ch,
             voxel_size=vol.voxel_size,
@@ -283,8 +320,20 @@ def predict_volume(
             threshold=threshold,
         )
     )
-    job = _Job(pred, vol, str(out.partial), roi.offset, region, cut, sample_mask)
     passes = functools.partial(run_blocks, ledger=out.ledger, client=client, retries=retries, progress=progress)
+    net_input = None
+    if on_fly is not None and clahe_plan is not None:
+        from organet.preprocess.clahe_incasem import IncasemJob, write_incasem_block
+        from organet.preprocess.intensity import PreprocessParams
+
+        scratch = out.partial / CLAHE_INCASEM
+        clahe_job = IncasemJob(vol, PreprocessParams(**on_fly), str(scratch))
+        passes(functools.partial(write_incasem_block, clahe_job), clahe_plan, stage="clahe-incasem")
+        if scratch.is_dir():
+            net_input = open_volume(scratch, voxel_size=vol.voxel_size, offset=vol.offset)
+        elif len(out.ledger.entries("predict")) < len(plan):  # removed only after the predict pass
+            raise RuntimeError(f"{scratch} is missing but blocks remain to predict")  # a defect
+    job = _Job(pred, vol, str(out.partial), roi.offset, region, cut, sample_mask, net_input)
     if resampled:
         passes(functools.partial(_model_grid_block, job), model_plan, stage="predict")
         stage, fn = "resample", _resample_block
@@ -293,6 +342,7 @@ def predict_volume(
     resumed = len(out.ledger.entries(stage))
     done = passes(functools.partial(fn, job), plan, stage=stage)
     remove_path(out.partial / MODEL_GRID)
+    remove_path(out.partial / CLAHE_INCASEM)
     levels = 1
     for name, mode in IMAGES.items():
         levels = build_pyramid(
@@ -302,7 +352,17 @@ def predict_volume(
     skipped = sum(1 for e in done.values() if e["status"] == "skipped")
     dt = time.time() - t0
     return PredictionResult(
-        output, roi, len(plan), len(plan) - resumed, skipped, resumed, dt, roi.size / max(dt, 1e-9), levels, note=note
+        output,
+        roi,
+        len(plan),
+        len(plan) - resumed,
+        skipped,
+        resumed,
+        dt,
+        roi.size / max(dt, 1e-9),
+        levels,
+        note=note,
+        preprocess_on_the_fly=on_fly,
     )
 
 
@@ -324,10 +384,21 @@ def _create_images(
     meta: dict[str, Any],
     threshold: float,
     model_grid: tuple[Shape3, Shape3] | None,
+    scratch: tuple[Shape3, Shape3] | None = None,
 ) -> None:
     """The empty ``probability`` and ``mask`` images of a fresh ``OUT.zarr.partial`` (and,
-    for a resampled run, the float32 model-grid probabilities of shape and chunks ``model_grid``)."""
+    for a resampled run, the float32 model-grid probabilities of shape and chunks ``model_grid``;
+    for an input normalized on the fly, its uint8 array of shape and chunks ``scratch``)."""
     root = zarr.open_group(str(folder), mode="w", zarr_format=3)
+    if scratch is not None:
+        zarr.create_array(
+            str(folder / CLAHE_INCASEM),
+            shape=scratch[0],
+            chunks=scratch[1],
+            dtype=np.uint8,
+            fill_value=0,
+            zarr_format=3,
+        )
     if model_grid is not None:
         zarr.create_array(
             str(folder / MODEL_GRID),

@@ -1,5 +1,5 @@
 """Contrast normalization of raw EM volumes: linear percentile rescale, histogram
-equalization and 3-D CLAHE, computed blockwise in bounded memory.
+equalization, 3-D CLAHE and incasem's blockwise CLAHE, computed blockwise in bounded memory.
 
 All methods are exact blockwise: global statistics (the intensity histogram and, for
 CLAHE, one histogram per contextual tile) are gathered in one streaming pass over the
@@ -15,6 +15,10 @@ this process or on a Dask client through the same code (same bytes):
   tile (the blocks of that pass are the tiles), summed in block order;
 * ``"clahe range"`` (CLAHE only): the minimum and maximum before skimage's final rescale;
 * ``"write"``: the uint8 output, block by block.
+
+``clahe-incasem`` (:mod:`organet.preprocess.clahe_incasem`) has no statistics: incasem
+equalizes each of its write blocks on its own, so its only pass is ``"write"``, on organet
+blocks made of whole write blocks when the chunks allow it.
 
 It is resumable: the data lives in ``DST.partial`` and the finished blocks of every pass
 (with their statistics) in the ledger ``DST.progress``; rerunning the same call resumes
@@ -54,7 +58,7 @@ from organet.volumes.volume import Volume
 if TYPE_CHECKING:  # pragma: no cover
     from organet.blockwise import Ledger
 
-Method = Literal["none", "linear", "histeq", "clahe"]
+Method = Literal["none", "linear", "histeq", "clahe", "clahe-incasem"]
 _NR_OF_GRAY = 2**14  # skimage's internal CLAHE grey range
 STAGES = ("statistics", "clahe range", "write")
 """The passes of :func:`preprocess_volume` (ledger sections and progress labels)."""
@@ -65,8 +69,10 @@ class PreprocessParams(BaseModel):
 
     ``low_percentile``/``high_percentile`` (0-100) for ``linear``; ``clip_limit``
     (normalized, 0.01-0.03 in the seed), ``kernel`` (contextual region, voxels, z y x)
-    and ``nbins`` for ``clahe``. Stored in the output's metadata and compared by
-    training and prediction.
+    and ``nbins`` for ``clahe`` and ``clahe-incasem``; ``block`` (voxels, z y x) for
+    ``clahe-incasem`` only: incasem's write block (its ``chunk_shape``), each computed
+    on its own (:mod:`organet.preprocess.clahe_incasem`; the kernel must be even there).
+    :meth:`record` (stored in the output's metadata) is compared by training and prediction.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -77,8 +83,9 @@ class PreprocessParams(BaseModel):
     clip_limit: float = Field(0.02, ge=0, le=1)
     kernel: tuple[int, int, int] = (128, 128, 128)
     nbins: int = Field(256, ge=2, le=_NR_OF_GRAY)
+    block: tuple[int, int, int] = (128, 128, 128)
 
-    @field_validator("kernel", mode="before")
+    @field_validator("kernel", "block", mode="before")
     @classmethod
     def _kernel3(cls, v: Any) -> Any:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -94,6 +101,11 @@ class PreprocessParams(BaseModel):
             )
         if any(k < 1 for k in self.kernel):
             raise ValueError(f"CLAHE kernel must be >= 1 voxel on every axis, got {self.kernel}")
+        if any(b < 1 for b in self.block):
+            raise ValueError(f"block must be >= 1 voxel on every axis, got {self.block}")
+        if self.method == "clahe-incasem" and any(k % 2 for k in self.kernel):
+            # incasem's context (voxel_size * kernel + 1) // 2 nm is whole voxels only for even kernels
+            raise ValueError(f"clahe-incasem needs an even kernel on every axis, got {self.kernel}")
         return self
 
     def record(self) -> dict[str, Any]:
@@ -103,9 +115,10 @@ class PreprocessParams(BaseModel):
             "linear": ("low_percentile", "high_percentile"),
             "histeq": (),
             "clahe": ("clip_limit", "kernel", "nbins"),
+            "clahe-incasem": ("clip_limit", "kernel", "nbins", "block"),
         }[self.method]
         d = self.model_dump()
-        return {"method": self.method, **{k: (list(d[k]) if k == "kernel" else d[k]) for k in keys}}
+        return {"method": self.method, **{k: (list(d[k]) if k in ("kernel", "block") else d[k]) for k in keys}}
 
 
 # -- value domain ---------------------------------------------------------------------
@@ -182,6 +195,87 @@ def unpack_histogram(packed: dict[str, Any], domain: int) -> np.ndarray:
     hist = np.zeros(domain, np.int64)
     hist[np.asarray(packed["values"], np.intp)] = packed["counts"]
     return hist
+
+
+# -- the CLAHE core (scikit-image's arithmetic, shared with clahe-incasem) -------------
+
+
+def clahe_maps(hist: np.ndarray, kernel: Sequence[int], clip_limit: float) -> np.ndarray:
+    """Grey-level mappings of contextual tiles, as scikit-image's ``_clahe`` computes them.
+
+    Parameters
+    ----------
+    hist
+        Bin counts per tile, shape (..., bins), int64; modified in place by the clipping.
+    kernel
+        Contextual tile shape (voxels, z y x): its voxel count sets the clip limit
+        (``int(clip_limit * voxels)``, at least 1; 0 = no clipping) and the scale.
+    clip_limit
+        Normalized clip limit in [0, 1].
+
+    Returns
+    -------
+    The clipped, redistributed and cumulated histograms mapped onto ``[0, 2**14)`` (int).
+    """
+    from skimage.exposure._adapthist import clip_histogram, map_histogram
+
+    kernel_elements = math.prod(int(k) for k in kernel)
+    clim = int(np.clip(clip_limit * kernel_elements, 1, None)) if clip_limit > 0.0 else kernel_elements
+    hist = np.apply_along_axis(clip_histogram, -1, hist, clip_limit=clim)
+    return np.asarray(map_histogram(hist, 0, _NR_OF_GRAY - 1, kernel_elements))
+
+
+def clahe_interpolate(bins: np.ndarray, maps: np.ndarray, offset: Sequence[int], kernel: Sequence[int]) -> np.ndarray:
+    """scikit-image's ``_clahe`` result (uint16, before any rescale) for a box of voxels.
+
+    Parameters
+    ----------
+    bins
+        CLAHE bin of every voxel of the box, shape (z, y, x).
+    maps
+        :func:`clahe_maps` of the tiles, shape (tiles_z, tiles_y, tiles_x, bins); tile
+        ``i`` covers voxels ``[i * kernel, (i + 1) * kernel)`` of the image.
+    offset
+        The box's first voxel in the image's voxels (z, y, x).
+    kernel
+        Contextual tile shape (voxels, z y x).
+
+    Each voxel blends the mappings of its 8 nearest tiles (edge tiles repeated) with
+    scikit-image's weights, products and float32 accumulation, so the result equals
+    ``_clahe`` on the whole image bit for bit.
+    """
+    k = [int(v) for v in kernel]
+    nt = maps.shape[:3]
+    tiles, weights, cells = [], [], []
+    for axis in range(3):
+        pos = np.arange(offset[axis], offset[axis] + bins.shape[axis]) + k[axis] // 2  # padded coordinate
+        j, c = pos // k[axis], pos % k[axis]
+        tiles.append((np.clip(j - 1, 0, nt[axis] - 1), np.clip(j, 0, nt[axis] - 1)))
+        w = np.arange(k[axis]) / k[axis]
+        weights.append((1 - w[c], w[c]))
+        cuts = [0, *(np.flatnonzero(np.diff(j)) + 1).tolist(), len(j)]
+        cells.append([slice(p, q) for p, q in zip(cuts[:-1], cuts[1:])])
+    if math.prod(len(c) for c in cells) > 64:  # small kernels: one gather over all tiles beats many cells
+        result = np.zeros(bins.shape, np.float32)
+        for edge in itertools.product((0, 1), repeat=3):
+            iz, iy, ix = (tiles[a][edge[a]] for a in range(3))
+            mapped = maps[iz[:, None, None], iy[None, :, None], ix[None, None, :], bins]
+            wz, wy, wx = (weights[a][edge[a]] for a in range(3))
+            coeff = (wx[None, None, :] * wy[None, :, None]) * wz[:, None, None]
+            result += (mapped * coeff).astype(np.float32)
+        return result.astype(np.uint16)
+    result = np.empty(bins.shape, np.float32)
+    # one cell = the voxels between the same 8 tiles: their mappings are plain lookup tables
+    for sz, sy, sx in itertools.product(*cells):
+        b = bins[sz, sy, sx]
+        acc = np.zeros(b.shape, np.float32)
+        for edge in itertools.product((0, 1), repeat=3):
+            lut = maps[tiles[0][edge[0]][sz.start], tiles[1][edge[1]][sy.start], tiles[2][edge[2]][sx.start]]
+            wz, wy, wx = weights[0][edge[0]][sz], weights[1][edge[1]][sy], weights[2][edge[2]][sx]
+            coeff = (wx[None, None, :] * wy[None, :, None]) * wz[:, None, None]
+            acc += (lut[b] * coeff).astype(np.float32)
+        result[sz, sy, sx] = acc
+    return result.astype(np.uint16)
 
 
 # -- statistics (one streaming pass) ------------------------------------------------
@@ -320,7 +414,6 @@ class Transform:
     # CLAHE (scikit-image's algorithm, reproduced blockwise) ------------------------------
     def _init_clahe(self, st: IntensityStats) -> None:
         from skimage.exposure import rescale_intensity
-        from skimage.exposure._adapthist import clip_histogram, map_histogram
 
         p = self.params
         if st.tile_hist is None or st.kernel is None:
@@ -339,33 +432,12 @@ class Transform:
         hist = np.zeros((th.shape[0], n_bins), np.int64)
         for b in np.unique(self.bins):
             hist[:, b] = th[:, self.bins == b].sum(axis=1)
-        kernel_elements = math.prod(k)
-        clim = int(np.clip(p.clip_limit * kernel_elements, 1, None)) if p.clip_limit > 0.0 else kernel_elements
-        hist = np.apply_along_axis(clip_histogram, -1, hist, clip_limit=clim)
-        maps = map_histogram(hist, 0, _NR_OF_GRAY - 1, kernel_elements)
-        self.maps = maps.reshape(st.tile_hist.shape[:3] + (-1,))
+        self.maps = clahe_maps(hist, k, p.clip_limit).reshape(st.tile_hist.shape[:3] + (-1,))
         self.kernel = k
 
     def _clahe_raw(self, block: np.ndarray, roi: Roi) -> np.ndarray:
         """scikit-image's ``_clahe`` output (uint16, before the final rescale) for a block."""
-        k, maps = self.kernel, self.maps
-        nt = maps.shape[:3]
-        b = self.bins[to_index(block)]
-        lo_idx, weights = [], []
-        for axis in range(3):
-            pos = np.arange(roi.offset[axis], roi.end[axis]) + k[axis] // 2  # padded coordinate
-            j, c = pos // k[axis], pos % k[axis]
-            lo_idx.append((np.clip(j - 1, 0, nt[axis] - 1), np.clip(j, 0, nt[axis] - 1)))
-            w = np.arange(k[axis]) / k[axis]
-            weights.append((1 - w[c], w[c]))
-        result = np.zeros(block.shape, np.float32)
-        for edge in itertools.product((0, 1), repeat=3):
-            iz, iy, ix = (lo_idx[a][edge[a]] for a in range(3))
-            mapped = maps[iz[:, None, None], iy[None, :, None], ix[None, None, :], b]
-            wz, wy, wx = (weights[a][edge[a]] for a in range(3))
-            coeff = (wx[None, None, :] * wy[None, :, None]) * wz[:, None, None]
-            result += (mapped * coeff).astype(np.float32)
-        return result.astype(np.uint16)
+        return clahe_interpolate(self.bins[to_index(block)], self.maps, roi.offset, self.kernel)
 
     def prepare(
         self,
@@ -428,8 +500,13 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def normalize_array(raw: np.ndarray, params: PreprocessParams, block: Sequence[int] | None = None) -> np.ndarray:
-    """Normalize an in-memory (z, y, x) array; float64 in [0, 1]. ``block`` (voxels) to compute blockwise."""
+    """Normalize an in-memory (z, y, x) array; float64 in [0, 1]. ``block`` (voxels) to compute blockwise
+    (``clahe-incasem`` is computed in its own write blocks, ``params.block``: its uint8 / 255)."""
     vol = Volume(raw)
+    if params.method == "clahe-incasem":  # blockwise by definition: incasem's write blocks
+        from .clahe_incasem import clahe_incasem_box
+
+        return clahe_incasem_box(vol, vol.roi, params) / 255.0
     b = as_int3(block, "block", minimum=1) if block is not None else vol.shape
     stats = gather_stats(vol, params.kernel if params.method == "clahe" else None, b)
     tf = Transform(params, stats, vol.dtype, vol.shape)
@@ -474,7 +551,9 @@ def preprocess_volume(
     ----------
     block
         Voxels processed at a time (z, y, x), rounded to whole ``chunks``; memory is a few
-        blocks per worker, or one CLAHE tile (``kernel``), whichever is larger.
+        blocks per worker, or one CLAHE tile (``kernel``), whichever is larger. For
+        ``clahe-incasem`` rounded to whole ``lcm(params.block, chunks)`` when that is at most
+        4 write blocks, so no write block is computed twice.
     chunks
         Chunk shape of the output (voxels).
     overwrite
@@ -498,7 +577,12 @@ def preprocess_volume(
             f"{src.path} is already normalized ({src.attrs['preprocess']}); normalize the raw volume instead"
         )
     domain = value_domain(src.dtype)
-    plan = plan_blocks(src.roi, chunks, as_int3(block, "block", minimum=1))
+    unit = None
+    if params.method == "clahe-incasem":  # organet blocks of whole incasem write blocks when the chunks allow
+        from .clahe_incasem import incasem_unit
+
+        unit = incasem_unit(params.block, as_int3(chunks, "chunks", minimum=1), src.shape)
+    plan = plan_blocks(src.roi, chunks, as_int3(block, "block", minimum=1), unit=unit)
     record = params.record()
     run = {
         "kind": "preprocess",
@@ -518,6 +602,12 @@ def preprocess_volume(
     attrs = {"preprocess": record, "preprocess_info": info}
     out.start(single_image(src.shape, np.uint8, src.voxel_size, src.offset, plan.chunks, attrs, name=out.path.stem))
     passes: dict[str, Any] = {"client": client, "ledger": out.ledger, "retries": retries, "progress": progress}
+    if params.method == "clahe-incasem":  # no statistics: every write block stands alone
+        from .clahe_incasem import IncasemJob, write_incasem_block
+
+        job = IncasemJob(src, params, str(out.partial / "s0"))
+        run_blocks(functools.partial(write_incasem_block, job), plan, stage="write", **passes)
+        return open_volume(out.commit())
     if params.method == "none":
         stats = IntensityStats(np.zeros(domain, np.int64), None, None)
     else:

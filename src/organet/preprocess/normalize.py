@@ -104,18 +104,30 @@ def describe_preprocess(rec: dict[str, Any] | None) -> str:
     return f"{rec['method']}{f' ({params})' if params else ''}"
 
 
-def check_preprocess(expected: dict[str, Any] | None, attrs: dict[str, Any], where: str, what: str) -> None:
+ON_THE_FLY = ("clahe-incasem",)
+"""Preprocessing methods prediction computes itself from untouched raw (blockwise, no global statistics)."""
+
+
+def check_preprocess(
+    expected: dict[str, Any] | None, attrs: dict[str, Any], where: str, what: str, *, on_the_fly: bool = False
+) -> dict[str, Any] | None:
     """Raise IncompatibleError if volume ``attrs`` record another preprocessing than ``expected``.
 
     ``attrs`` is ``Volume.attrs`` (``organet preprocess`` writes ``attrs["preprocess"]``);
-    ``what`` names who expects it (``"the model"``, ``"the config"``).
+    ``what`` names who expects it (``"the model"``, ``"the config"``). With ``on_the_fly``
+    (prediction) an input without preprocessing is accepted when ``expected`` is a method
+    of :data:`ON_THE_FLY`; the canonical record to compute is then returned (else None).
     """
     try:
         actual = canonical_preprocess(attrs.get("preprocess"))
     except ValueError as e:
         raise InputError(f"{where}: unreadable preprocessing metadata: {e}") from None
-    if actual != canonical_preprocess(expected):
-        raise IncompatibleError(
-            f"{where} has {describe_preprocess(actual)} but {what} expects {describe_preprocess(expected)}; "
-            "use an input normalized the same way (organet preprocess), or set normalization.preprocess to match"
-        )
+    want = canonical_preprocess(expected)
+    if actual == want:
+        return None
+    if on_the_fly and actual is None and want is not None and want["method"] in ON_THE_FLY:
+        return want
+    raise IncompatibleError(
+        f"{where} has {describe_preprocess(actual)} but {what} expects {describe_preprocess(expected)}; "
+        "use an input normalized the same way (organet preprocess), or set normalization.preprocess to match"
+    )

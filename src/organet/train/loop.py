@@ -109,18 +109,17 @@ class Trainer:
             raise ConfigError(f"nothing to resume in {self.run_dir}: no checkpoints/iter_*.pt")
 
         self._check_preprocess()
-        self.train_rois = [load_roi(s, cfg.data.cache_max_gib, i) for i, s in enumerate(cfg.data.train)]
-        self.voxel_size = self.train_rois[0].voxel_size
-        for r in self.train_rois[1:]:
-            if not same_voxel_size(r.voxel_size, self.voxel_size):
-                raise ConfigError(
-                    f"training ROI {r.name} has voxel size {r.voxel_size} nm but {self.train_rois[0].name} has "
-                    f"{self.voxel_size} nm; resample the data to one voxel size first"
-                )
-        self.val_rois = [self._load_validation(s, i) for i, s in enumerate(cfg.data.validation)]
+        self.voxel_size = self._train_voxel_size()
         self.aug = cfg.augment.for_voxel_size(self.voxel_size)
         self.transpose_axes = self.aug.transpose_axes(self.voxel_size)
         self.upstream = upstream_shape(self.in_shape, self.aug)
+        # sampling.context 'volume': raw is read with the context the upstream blocks reach
+        ctx = cfg.sampling.context == "volume"
+        self.train_rois = [
+            load_roi(s, cfg.data.cache_max_gib, i, self.out_shape if ctx else None, self.upstream if ctx else None)
+            for i, s in enumerate(cfg.data.train)
+        ]
+        self.val_rois = [self._load_validation(s, i) for i, s in enumerate(cfg.data.validation)]
         self.sampler = BlockSampler(self.train_rois, self.out_shape, self.upstream, cfg.sampling)
 
         torch.manual_seed(cfg.seed)
@@ -138,7 +137,7 @@ class Trainer:
         elif init_from is not None:
             self._init_from(Path(init_from))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.record(), sort_keys=False))
 
     # -- setup -------------------------------------------------------------
 
@@ -158,6 +157,20 @@ class Trainer:
                 )
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+
+    def _train_voxel_size(self) -> tuple[float, float, float]:
+        """Voxel size (nm, z, y, x) of the training data; every training ROI must have the same."""
+        from organet.volumes import open_volume
+
+        specs = self.cfg.data.train
+        sizes = [open_volume(s.raw, voxel_size=s.voxel_size).voxel_size for s in specs]
+        for i, (spec, size) in enumerate(zip(specs, sizes)):
+            if not same_voxel_size(size, sizes[0]):
+                raise ConfigError(
+                    f"training ROI {spec.name or f'train{i}'} has voxel size {size} nm but "
+                    f"{specs[0].name or 'train0'} has {sizes[0]} nm; resample the data to one voxel size first"
+                )
+        return sizes[0]
 
     def _load_validation(self, spec: RoiSpec, index: int) -> ValidationRoi:
         raw, labels, mask, roi = open_roi_volumes(spec)
@@ -183,6 +196,14 @@ class Trainer:
         if ckpt.rng_state is not None:
             self.rng.bit_generator.state = ckpt.rng_state["numpy"]
             torch.set_rng_state(ckpt.rng_state["torch"])
+        sampling = ckpt.training_config.get("sampling")
+        if isinstance(sampling, dict):
+            trained = sampling.get("context", "pad")  # runs before sampling.context padded
+            if trained != self.cfg.sampling.context:
+                raise ConfigError(
+                    f"{path} was trained with sampling.context={trained!r} but {self.run_dir / 'config.yaml'} "
+                    f"says {self.cfg.sampling.context!r}; set sampling.context: {trained} there to resume this run"
+                )
         self.iteration = ckpt.iteration
         self.init_from = ckpt.training_config.get("init_from")
         _truncate_metrics(self.metrics_path, self.iteration)
@@ -225,6 +246,7 @@ class Trainer:
         """Predict each validation ROI whole (tiled) and score it."""
         rows = []
         vc = self.cfg.validation
+        ez = self.cfg.validation_exclusion_zone()
         for v in self.val_rois:
             t0 = time.time()
             tile = vc.tile_input_shape or default_tile_shape(self.arch, v.roi.shape)
@@ -243,7 +265,7 @@ class Trainer:
             frac = float(np.clip(v.labels[valid].mean() if valid.any() else 0.5, *self.cfg.loss.frac_clip))
             w = np.where(v.labels[valid] > 0, 1 / (2 * frac), 1 / (2 * (1 - frac)))
             loss = float((ce * w).mean()) if ce.size else float("nan")
-            with_ez = evaluate_arrays(prob, v.labels, v.mask, vc.exclusion_zone, (vc.threshold,))[vc.threshold]
+            with_ez = evaluate_arrays(prob, v.labels, v.mask, ez, (vc.threshold,))[vc.threshold]
             no_ez = evaluate_arrays(prob, v.labels, v.mask, None, (vc.threshold,))[vc.threshold]
             rows.append(
                 {
@@ -257,7 +279,7 @@ class Trainer:
                     "recall": with_ez.recall,
                     "iou": with_ez.iou,
                     "f1_no_exclusion": no_ez.f1,
-                    "exclusion_zone": list(vc.exclusion_zone) if vc.exclusion_zone else None,
+                    "exclusion_zone": list(ez) if ez is not None else None,
                     "seconds": round(time.time() - t0, 2),
                 }
             )
@@ -273,7 +295,7 @@ class Trainer:
             state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             iteration=self.iteration,
             metrics=metrics,
-            training_config={**self.cfg.model_dump(mode="json"), "init_from": self.init_from},
+            training_config={**self.cfg.record(), "init_from": self.init_from},
             optimizer_state=self.optimizer.state_dict(),
             rng_state={"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
         )
@@ -343,7 +365,10 @@ class Trainer:
                 val_rows = self.validate()
                 self._log_rows(pending + val_rows, tb)
                 pending = []
-                metrics = {r["roi"]: {k: r[k] for k in ("loss", "f1", "precision", "recall")} for r in val_rows}
+                metrics = {
+                    r["roi"]: {k: r[k] for k in ("loss", "f1", "precision", "recall", "exclusion_zone")}
+                    for r in val_rows
+                }
                 last_ckpt = self.checkpoint(metrics)
                 plot_curves(_metrics_rows(self.metrics_path), self.run_dir / "curves.png")
                 for r in val_rows:

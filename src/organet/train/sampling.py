@@ -1,18 +1,45 @@
 """Training data: ROIs held in memory and the seed's random block sampler.
 
 Locations are drawn uniformly over all training ROIs (so each ROI is weighted
-by its size). A block whose output region has less than ``min_foreground``
-foreground is re-drawn with probability ``reject_probability``; one with at
-most ``min_masked`` of its output inside the sample mask is re-drawn with
-probability ``mask_reject_probability``. Everything outside an ROI is padding:
-raw mid-grey, labels background, mask 1 (as in the seed), so neighbouring
-validation data never leaks into training.
+by its size). An output block lies inside its ROI where the ROI is at least as
+large as the block, and covers the ROI where it is smaller (per axis). A block
+whose output region has less than ``min_foreground`` foreground is re-drawn
+with probability ``reject_probability``; one with at most ``min_masked`` of its
+output inside the sample mask is re-drawn with probability
+``mask_reject_probability`` (voxels outside the ROI count as inside the sample
+mask here, so blocks of thin ROIs are not rejected, as in incasem).
+
+What a block holds outside its ROI depends on ``sampling.context``:
+
+``volume`` (default, incasem's "baseline_with_context" pipeline)
+    Raw is the real volume: each ROI's raw is read grown by :func:`raw_context`
+    voxels per side (every voxel any upstream block drawn from it can reach),
+    clipped to the volume; only outside the volume is raw padded, with
+    mid-grey (:func:`mid_grey`, the middle of the dtype range: incasem pads
+    with 0.5 on its [0, 1] scale, ``PadDownstreamOfRandomLocation(RAW,
+    value=0.5)``). Labels and the sample mask are read for the ROI only; outside
+    it labels are 0 and the loss mask is 0, so such voxels have loss weight 0
+    (:func:`organet.train.loss.class_weights`). incasem pads its loss mask with
+    1 instead (``PadDownstreamOfRandomLocation(MASK, value=1)``), which trains
+    the unannotated surroundings of a small ROI as background; we keep its
+    value 1 only for the rejection rule above.
+``pad`` (the behaviour before this setting existed; to reproduce old runs)
+    Everything outside an ROI is padding: raw mid-grey, labels background,
+    mask 1.
+
+incasem grows the raw ROI by the network context ``(input - output) / 2`` and
+places its augmentation-enlarged request inside that box (padding grey where
+the box is too small); we grow by the upstream reach, so rotated and
+elastically deformed inputs see real data wherever the volume has it, and keep
+the location rule above (incasem also keeps the output inside the ROI, but
+additionally pulls blocks away from the volume border).
 
 Shapes and offsets in voxels, axis order (z, y, x).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,7 +54,13 @@ from organet.volumes.geometry import Shape3
 
 @dataclass
 class RoiData:
-    """Raw, labels and mask of one ROI, in memory."""
+    """Raw, labels and mask of one ROI, in memory.
+
+    ``raw`` covers ``raw_roi`` (the ROI grown by the raw context and clipped to
+    the volume; None = ``roi``), ``labels`` and ``mask`` cover ``roi``; all
+    boxes in voxels of the volume, whose extent is ``volume_roi`` (None = ``roi``,
+    i.e. the ROI is the whole volume).
+    """
 
     name: str
     raw: np.ndarray
@@ -36,10 +69,38 @@ class RoiData:
     raw_dtype: np.dtype
     voxel_size: tuple[float, float, float]
     roi: Roi  # position in its volume (voxels)
+    raw_roi: Roi | None = None
+    volume_roi: Roi | None = None
 
     @property
     def size(self) -> int:
         return int(self.labels.size)
+
+    @property
+    def raw_box(self) -> Roi:
+        """The box ``raw`` covers (volume voxels)."""
+        return self.raw_roi if self.raw_roi is not None else self.roi
+
+    @property
+    def volume_box(self) -> Roi:
+        """The extent of the volume (voxels)."""
+        return self.volume_roi if self.volume_roi is not None else self.roi
+
+    def raw_at(self, start: Sequence[int]) -> Shape3:
+        """Index into ``raw`` of the voxel at ``start`` relative to the ROI's first voxel."""
+        a, b = self.roi.offset, self.raw_box.offset
+        return (start[0] + a[0] - b[0], start[1] + a[1] - b[1], start[2] + a[2] - b[2])
+
+
+def raw_context(roi_shape: Sequence[int], out_shape: Sequence[int], upstream: Sequence[int]) -> Shape3:
+    """Voxels per side (z, y, x) that upstream blocks drawn from an ROI of ``roi_shape`` reach beyond it.
+
+    An upstream block reaches ``ceil((upstream - out) / 2)`` beyond its output
+    block, and an output block reaches ``max(0, out - roi)`` beyond the ROI
+    (it covers an ROI smaller than itself).
+    """
+    c = [math.ceil((u - o) / 2) + max(0, o - n) for n, o, u in zip(roi_shape, out_shape, upstream)]
+    return c[0], c[1], c[2]
 
 
 def open_roi_volumes(spec: RoiSpec) -> tuple[Volume, Volume, Volume | None, Roi]:
@@ -73,12 +134,34 @@ def check_binary(labels: np.ndarray, where: str) -> np.ndarray:
     return labels.astype(np.uint8, copy=False)
 
 
-def load_roi(spec: RoiSpec, cache_max_gib: float, index: int) -> RoiData:
+def load_roi(
+    spec: RoiSpec,
+    cache_max_gib: float,
+    index: int,
+    out_shape: Sequence[int] | None = None,
+    upstream: Sequence[int] | None = None,
+) -> RoiData:
+    """Read one training ROI into memory.
+
+    With ``out_shape`` and ``upstream`` (the sampler's output and upstream block
+    shapes, voxels) raw is read for the ROI grown by :func:`raw_context`,
+    clipped to the volume (``sampling.context: volume``); without them for the
+    ROI only (``pad``). Labels and mask are read for the ROI. Raises ConfigError
+    when raw (grown box), labels and mask together need more than
+    ``cache_max_gib`` GiB.
+    """
+    if (out_shape is None) != (upstream is None):
+        raise ValueError("load_roi: give both out_shape and upstream, or neither")
     raw, labels, mask, roi = open_roi_volumes(spec)
-    nbytes = roi.size * (raw.dtype.itemsize + 1 + (1 if mask is not None else 0))
+    context: Shape3 = (0, 0, 0)
+    if out_shape is not None and upstream is not None:
+        context = raw_context(roi.shape, out_shape, upstream)
+    raw_roi = roi.grow(context).intersect(raw.roi)
+    nbytes = raw_roi.size * raw.dtype.itemsize + roi.size * (1 + (1 if mask is not None else 0))
     if nbytes > cache_max_gib * 2**30:
+        grown = f" with raw context {list(context)} voxels per side (raw box {raw_roi})" if any(context) else ""
         raise ConfigError(
-            f"data.train.{index}: ROI {roi} needs {nbytes / 2**30:.1f} GiB in memory, more than "
+            f"data.train.{index}: ROI {roi}{grown} needs {nbytes / 2**30:.3g} GiB in memory, more than "
             f"data.cache_max_gib={cache_max_gib}; split it into smaller ROIs or raise the limit"
         )
     name = spec.name or f"train{index}"
@@ -86,7 +169,7 @@ def load_roi(spec: RoiSpec, cache_max_gib: float, index: int) -> RoiData:
     m = None
     if mask is not None:
         m = foreground(mask.read(roi), prediction_kind(mask)).astype(np.uint8)
-    return RoiData(name, raw.read(roi), lab, m, raw.dtype, raw.voxel_size, roi)
+    return RoiData(name, raw.read(raw_roi), lab, m, raw.dtype, raw.voxel_size, roi, raw_roi, raw.roi)
 
 
 def crop_padded(array: np.ndarray, start: Sequence[int], shape: Sequence[int], fill: float) -> np.ndarray:
@@ -103,8 +186,23 @@ def crop_padded(array: np.ndarray, start: Sequence[int], shape: Sequence[int], f
     return out
 
 
+def mid_grey(dtype: np.dtype) -> float:
+    """Raw padding value: the middle of an integer dtype's range (128 for uint8), 0.5 for float data."""
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return (int(info.min) + int(info.max) + 1) // 2
+    return 0.5
+
+
 @dataclass
 class Sample:
+    """One upstream block (z, y, x) centred on an output block.
+
+    ``mask`` is the loss mask: 1 where the voxel counts in the loss; with
+    ``sampling.context: volume`` 0 outside the ROI and outside the sample mask,
+    with ``pad`` 1 outside the ROI.
+    """
+
     raw: np.ndarray  # upstream block, raw dtype (padding = mid-grey)
     labels: np.ndarray  # upstream block, uint8
     mask: np.ndarray  # upstream block, uint8
@@ -116,7 +214,10 @@ class Sample:
 
 class BlockSampler:
     """Draws upstream blocks (``upstream`` shape, centred on an output block of
-    ``out_shape``) from ROIs with the seed's rejection rules."""
+    ``out_shape``) from ROIs with the seed's rejection rules; ``cfg.context``
+    says what lies outside an ROI (module docstring). With ``context: volume``
+    each ROI's raw must cover its :func:`raw_context` (clipped to the volume),
+    as :func:`load_roi` reads it when given the same shapes."""
 
     def __init__(
         self,
@@ -135,12 +236,15 @@ class BlockSampler:
         self.max_tries = max_tries
         sizes = np.array([r.size for r in self.rois], dtype=np.float64)
         self.weights = sizes / sizes.sum()
-
-    def _mid_grey(self, r: RoiData) -> float:
-        if r.raw_dtype.kind in "ui":
-            info = np.iinfo(r.raw_dtype)
-            return (int(info.min) + int(info.max) + 1) // 2
-        return 0.5
+        if cfg.context == "volume":
+            for r in self.rois:
+                need = r.roi.grow(raw_context(r.roi.shape, self.out_shape, self.upstream)).intersect(r.volume_box)
+                if not r.raw_box.contains(need):
+                    raise ValueError(
+                        f"training ROI {r.name}: raw is held for {r.raw_box} but upstream blocks {self.upstream} "
+                        f"around outputs {self.out_shape} reach {need}; load it with load_roi(..., out_shape, "
+                        "upstream) or sample with context 'pad'"
+                    )
 
     def _location(self, rng: np.random.Generator) -> tuple[int, Shape3]:
         i = int(rng.choice(len(self.rois), p=self.weights))
@@ -149,6 +253,20 @@ class BlockSampler:
             lo, hi = (0, n - o) if n >= o else (n - o, 0)
             start.append(int(rng.integers(lo, hi + 1)))
         return i, (start[0], start[1], start[2])
+
+    def _block(self, r: RoiData, up_start: Shape3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw, labels and loss mask of the upstream block at ``up_start`` (relative to the ROI)."""
+        grey = mid_grey(r.raw_dtype)
+        labels = crop_padded(r.labels, up_start, self.upstream, 0)
+        if self.cfg.context == "volume":
+            raw = crop_padded(r.raw, r.raw_at(up_start), self.upstream, grey)
+            valid = r.mask if r.mask is not None else np.broadcast_to(np.uint8(1), r.labels.shape)
+            return raw, labels, crop_padded(valid, up_start, self.upstream, 0)
+        in_roi = tuple(slice(a, a + n) for a, n in zip(r.raw_at((0, 0, 0)), r.roi.shape))
+        raw = crop_padded(r.raw[in_roi], up_start, self.upstream, grey)
+        if r.mask is None:
+            return raw, labels, np.ones(self.upstream, np.uint8)
+        return raw, labels, crop_padded(r.mask, up_start, self.upstream, 1)
 
     def draw(self, rng: np.random.Generator) -> Sample:
         c = self.cfg
@@ -163,14 +281,8 @@ class BlockSampler:
                 inside = float(crop_padded(r.mask, start, self.out_shape, 1).mean())
                 if inside <= c.min_masked and rng.random() < c.mask_reject_probability:
                     continue
-            up_start = tuple(s - (u - o) // 2 for s, u, o in zip(start, self.upstream, self.out_shape))
-            raw = crop_padded(r.raw, up_start, self.upstream, self._mid_grey(r))
-            labels = crop_padded(r.labels, up_start, self.upstream, 0)
-            mask = (
-                crop_padded(r.mask, up_start, self.upstream, 1)
-                if r.mask is not None
-                else np.ones(self.upstream, np.uint8)
-            )
+            u = [s - (u - o) // 2 for s, u, o in zip(start, self.upstream, self.out_shape)]
+            raw, labels, mask = self._block(r, (u[0], u[1], u[2]))
             return Sample(raw, labels, mask, i, start, fg, tries)
         raise ConfigError(
             f"no training block accepted in {self.max_tries} draws; check the sampling settings and masks"

@@ -126,3 +126,26 @@ def test_kaiming_init_keeps_activations_alive_and_starts_at_half():
     assert all(torch.equal(a, b) for a, b in zip(before, untouched.parameters()))
     with pytest.raises(ValueError, match="unknown weight init"):
         init_weights(untouched, "xavier")
+
+
+def test_released_checkpoint_drops_state_and_local_paths(tmp_path):
+    from typer.testing import CliRunner
+
+    from organet.cli import app
+    from organet.model.checkpoint import file_sha256
+
+    ck = _ckpt(UNetConfig(num_fmaps=2, downsample_factors=((2, 2, 2),)))
+    ck.optimizer_state = {"state": {0: {"exp_avg": torch.ones(1000)}}, "param_groups": []}
+    ck.training_config = {"data": {"train": [{"raw": str(tmp_path / "data" / "raw.zarr"), "roi_vox": "0:5,:,:"}]}}
+    src = save_checkpoint(ck, tmp_path / "run.pt")
+    dst = tmp_path / "release.pt"
+    res = CliRunner().invoke(app, ["models", "package", str(src), str(dst)])
+    assert res.exit_code == 0, res.output
+    rel = load_checkpoint(dst)
+    assert rel.optimizer_state is None and rel.rng_state is None
+    assert rel.training_config["data"]["train"][0] == {"raw": "raw.zarr", "roi_vox": "0:5,:,:"}
+    assert rel.training_config["released_from"] == {"sha256": file_sha256(src), "iteration": 7}
+    assert all(torch.equal(rel.state_dict[k], ck.state_dict[k]) for k in ck.state_dict)
+    assert dst.stat().st_size < src.stat().st_size
+    again = CliRunner().invoke(app, ["models", "package", str(src), str(dst)])
+    assert again.exit_code == 2 and "exists" in again.output

@@ -44,7 +44,7 @@ app = typer.Typer(
 analyze_app = typer.Typer(no_args_is_help=True, help="Measure organelles in predictions (nuclear pores, coated pits).")
 annotate_app = typer.Typer(no_args_is_help=True, help="Ground-truth annotation from sparse scribbles (graph cut).")
 import_app = typer.Typer(no_args_is_help=True, help="Import models trained by other tools (incasem).")
-models_app = typer.Typer(no_args_is_help=True, help="Pretrained models by name: list, show, download into the cache.")
+models_app = typer.Typer(no_args_is_help=True, help="Pretrained models by name: list, show, fetch; package your own.")
 masks_app = preprocess.masks_app
 
 app.command("convert")(volumes.convert)
@@ -67,6 +67,7 @@ import_app.command("incasem")(importers.incasem)
 models_app.command("list")(models.list_models)
 models_app.command("info")(models.info)
 models_app.command("fetch")(models.fetch)
+models_app.command("package")(models.package)
 app.add_typer(masks_app, name="masks")
 app.add_typer(analyze_app, name="analyze")
 app.add_typer(annotate_app, name="annotate")

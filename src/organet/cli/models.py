@@ -102,3 +102,17 @@ def fetch(
 
 
 __all__ = ["fetch", "info", "list_models"]
+
+
+@handle_errors
+def package(
+    src: Annotated[Path, typer.Argument(help="checkpoint of a training run")],
+    dst: Annotated[Path, typer.Argument(help="shareable checkpoint to write")],
+    overwrite: Annotated[bool, typer.Option(help="replace an existing DST")] = False,
+) -> None:
+    """Write a shareable copy of a checkpoint: weights and metadata, no optimizer or RNG state, no local paths."""
+    from organet.model.checkpoint import file_sha256, release_checkpoint
+
+    ck = release_checkpoint(src, dst, overwrite=overwrite)
+    size = dst.stat().st_size / 2**20
+    say(f"wrote {dst}: iteration {ck.iteration}, {ck.organelle}, {size:.1f} MiB, sha256 {file_sha256(dst)}")

@@ -97,6 +97,35 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def _path_names(value: Any) -> Any:
+    """``value`` with every absolute path string reduced to its last part (nested dicts/lists)."""
+    if isinstance(value, dict):
+        return {k: _path_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_path_names(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value.split(":/")[0]):
+        return os.path.basename(value.rstrip("/"))
+    return value
+
+
+def release_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False) -> Checkpoint:
+    """Write a shareable copy of checkpoint ``src`` to ``dst``: the weights and everything
+    prediction needs, without optimizer and RNG state (a third of the size), with absolute
+    paths in the training config reduced to file names, and ``training_config["released_from"]``
+    = the source's sha256 and iteration. Refuses an existing ``dst`` unless ``overwrite``."""
+    if Path(dst).exists() and not overwrite:
+        raise CheckpointError(f"{dst} exists; pass overwrite to replace it")
+    ck = load_checkpoint(src)
+    ck.optimizer_state = None
+    ck.rng_state = None
+    ck.training_config = {
+        **_path_names(ck.training_config),
+        "released_from": {"sha256": file_sha256(src), "iteration": ck.iteration},
+    }
+    save_checkpoint(ck, dst)
+    return ck
+
+
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     """Write ``ckpt`` to ``path`` atomically; returns the path."""
     path = Path(path)

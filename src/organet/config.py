@@ -228,15 +228,21 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConf
         raise ConfigError(format_validation_error(e, source)) from None
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Load, validate and resolve relative paths of a YAML experiment config."""
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The top-level mapping of a YAML file; ConfigError for a missing file, bad YAML or another type."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
-    return parse_config(data, str(path)).resolve_paths(path.parent.resolve())
+    return data
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Load, validate and resolve relative paths of a YAML experiment config."""
+    path = Path(path)
+    return parse_config(read_yaml_mapping(path), str(path)).resolve_paths(path.parent.resolve())

@@ -45,10 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from organet.config import ExperimentConfig, format_validation_error, load_config
+from organet.config import ExperimentConfig, format_validation_error, load_config, read_yaml_mapping
 from organet.errors import ConfigError
 from organet.progress import ProgressFn
 from organet.volumes.atomic import atomic_write_text
@@ -195,14 +194,7 @@ def load_grid(path: str | Path) -> tuple[GridSpec, list[Cell]]:
     every problem (unknown keys, bad values, a base config that does not validate).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"grid file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    data = read_yaml_mapping(path, "grid file")
     try:
         spec = GridSpec.model_validate(data)
     except ValidationError as e:

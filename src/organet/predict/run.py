@@ -390,24 +390,11 @@ def _create_images(
     for a resampled run, the float32 model-grid probabilities of shape and chunks ``model_grid``;
     for an input normalized on the fly, its uint8 array of shape and chunks ``scratch``)."""
     root = zarr.open_group(str(folder), mode="w", zarr_format=3)
-    if scratch is not None:
-        zarr.create_array(
-            str(folder / CLAHE_INCASEM),
-            shape=scratch[0],
-            chunks=scratch[1],
-            dtype=np.uint8,
-            fill_value=0,
-            zarr_format=3,
-        )
-    if model_grid is not None:
-        zarr.create_array(
-            str(folder / MODEL_GRID),
-            shape=model_grid[0],
-            chunks=model_grid[1],
-            dtype=np.float32,
-            fill_value=0.0,
-            zarr_format=3,
-        )
+    for name, spec, dtype in ((CLAHE_INCASEM, scratch, np.uint8), (MODEL_GRID, model_grid, np.float32)):
+        if spec is not None:
+            zarr.create_array(
+                str(folder / name), shape=spec[0], chunks=spec[1], dtype=dtype, fill_value=0, zarr_format=3
+            )
     for name in IMAGES:
         kind = (
             {"kind": "probability", "scale": 255} if name == "probability" else {"kind": "mask", "threshold": threshold}

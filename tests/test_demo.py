@@ -59,4 +59,4 @@ def test_real_data_demo_trains_at_10nm_and_scores_at_5nm(tmp_path):
     assert open_volume(str(out / "data" / "raw_10nm.zarr")).voxel_size == (10.0, 10.0, 10.0)
     prob = open_volume(str(res.prediction / "probability"))
     assert prob.shape == (40, 768, 1024) and prob.voxel_size == (5.0, 5.0, 5.0)
-    assert prob.attrs["resampled"]["factor"] == [2, 2, 2]
+    assert prob.attrs["resampled"]["to_model"]["scale"] == [2, 2, 2]

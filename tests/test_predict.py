@@ -243,7 +243,7 @@ def test_dask_equals_in_process_with_a_model_at_twice_the_voxel_size(files, clie
     assert_same(tmp_path / "local.zarr", tmp_path / "dask.zarr")
     assert not (tmp_path / "dask.zarr" / "model_grid").exists()  # the scratch of the model-grid pass is gone
     p = open_volume(tmp_path / "dask.zarr/probability")
-    assert p.voxel_size == (5.0, 5.0, 5.0) and p.attrs["resampled"]["factor"] == [2, 2, 2]
+    assert p.voxel_size == (5.0, 5.0, 5.0) and p.attrs["resampled"]["to_model"]["scale"] == [2, 2, 2]
     # a different block split (and one region in memory) gives the same bytes too
     run(files, tmp_path / "one.zarr", model="model10.pt", block_shape=None)
     assert_same(tmp_path / "local.zarr", tmp_path / "one.zarr")
@@ -364,9 +364,13 @@ def test_tta_does_not_depend_on_tiles_or_blocks(files, tmp_path):
     assert not (tmp_path / "x.zarr.partial").exists()
 
 
-def test_voxel_size_mismatch_is_refused(files, tmp_path):
+def test_a_non_integer_voxel_size_ratio_is_resampled(files, tmp_path):
+    """7 nm input under a 10 nm model: once refused, now resampled both ways (ratio 1.43)."""
     with write_ome_zarr(tmp_path / "raw7.zarr") as w:
-        w.create_image(None, (8, 8, 8), np.uint8, (7, 7, 7)).write(..., np.zeros((8, 8, 8), np.uint8))
+        w.create_image(None, (30, 30, 30), np.uint8, (7, 7, 7)).write(..., np.zeros((30, 30, 30), np.uint8))
     pred = Predictor.from_checkpoint(files / "model10.pt", tile=TILE)
-    with pytest.raises(IncompatibleError, match="whole factors"):
-        predict_volume(pred, tmp_path / "raw7.zarr", tmp_path / "o.zarr")
+    predict_volume(pred, tmp_path / "raw7.zarr", tmp_path / "o.zarr")
+    prob = open_volume(tmp_path / "o.zarr" / "probability")
+    assert prob.shape == (30, 30, 30) and prob.voxel_size == (7, 7, 7)
+    assert prob.attrs["resampled"]["to_model"]["scale"] == [round(10 / 7, 6)] * 3
+    assert prob.attrs["resampled"]["to_model"]["modes"] == ["area"] * 3

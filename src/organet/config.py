@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,7 +26,8 @@ class _Strict(BaseModel):
 
 
 Triple = tuple[int, int, int]
-TripleF = tuple[float, float, float]
+_PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveTriple = tuple[_PositiveFloat, _PositiveFloat, _PositiveFloat]
 
 
 class RoiSpec(_Strict):
@@ -42,8 +43,9 @@ class RoiSpec(_Strict):
     mask: str | None = None
     roi_vox: str | None = None
     roi_nm: str | None = None
-    voxel_size: TripleF | None = Field(default=None, description="nm (z, y, x); overrides file metadata")
+    voxel_size: PositiveTriple | None = Field(default=None, description="nm (z, y, x); overrides file metadata")
     naive: bool = Field(default=False, description="validation only: a cell never seen in training")
+    group: str = Field(default="train", description="training only: sampling group (data.group_weights)")
 
     @model_validator(mode="after")
     def _one_roi(self) -> RoiSpec:
@@ -56,6 +58,34 @@ class DataConfig(_Strict):
     train: list[RoiSpec] = Field(min_length=1)
     validation: list[RoiSpec] = Field(default_factory=list)
     cache_max_gib: float = Field(default=4.0, ge=0, description="training ROIs up to this size are held in RAM")
+    resample_raw: Literal["auto", "area", "linear"] = Field(
+        default="auto",
+        description="training raw of another voxel size than the model's: 'auto' = area means along coarser "
+        "axes, linear interpolation along finer ones",
+    )
+    resample_labels: Literal["majority", "nearest"] = Field(
+        default="majority", description="training labels of another voxel size: 'majority' (>= half) or 'nearest'"
+    )
+    group_weights: dict[str, float] | None = Field(
+        default=None,
+        description="share of training blocks drawn from each ROI group (e.g. {new: 0.75, old: 0.25} to fine-tune "
+        "with some of the original data); within a group by ROI size. Default: all ROIs by size",
+    )
+
+    @model_validator(mode="after")
+    def _groups(self) -> DataConfig:
+        if self.group_weights is None:
+            return self
+        groups = {r.group for r in self.train}
+        if missing := sorted(groups - set(self.group_weights)):
+            raise ValueError(f"group_weights has no weight for training group(s) {missing}")
+        if unused := sorted(set(self.group_weights) - groups):
+            raise ValueError(f"group_weights names group(s) {unused} that no training ROI is in")
+        if any(w < 0 or not math.isfinite(w) for w in self.group_weights.values()) or not any(
+            w > 0 for w in self.group_weights.values()
+        ):
+            raise ValueError(f"group_weights must be >= 0 with at least one > 0, got {self.group_weights}")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -65,6 +95,11 @@ class ModelConfig(_Strict):
     input_shape: Triple = (204, 204, 204)
     weight_init: Literal["kaiming", "pytorch"] = Field(
         default="kaiming", description="'pytorch' = torch defaults as in funlib/incasem"
+    )
+    voxel_size: PositiveTriple | None = Field(
+        default=None,
+        description="nm (z, y, x) the model works at; training sources of other voxel sizes are resampled to it "
+        "(default: the first training source's)",
     )
 
     def architecture(self) -> UNetConfig:

@@ -3,12 +3,13 @@
 Layout: one module per command group; every command is a plain function decorated with
 :func:`organet.cli.errors.handle_errors` and registered below, in one place.
 
-* :mod:`.volumes` convert, info, valid-sizes       * :mod:`.train` train
+* :mod:`.volumes` convert, info, valid-sizes       * :mod:`.train` train, finetune
 * :mod:`.predict` predict                          * :mod:`.evaluate` evaluate
 * :mod:`.demo` demo                                * :mod:`.instances` instances
 * :mod:`.analyze` analyze pores / coated-pits      * :mod:`.preprocess` preprocess, masks sample / exclusion
 * :mod:`.annotate` annotate graphcut / napari      * :mod:`.experiment` experiment (grids)
-* :mod:`.importers` import incasem                  * :mod:`.models` models list / info / fetch
+* :mod:`.importers` import incasem                  * :mod:`.models` models list / info / fetch / package
+* :mod:`.suggest` suggest (where to annotate)
 
 Shared option types are in :mod:`.options`, the error contract in :mod:`.errors`
 (bad input: one ``error:`` line, exit 2), progress bars in :mod:`.progress`, result
@@ -31,6 +32,7 @@ from organet.cli import (
     models,
     predict,
     preprocess,
+    suggest,
     train,
     volumes,
 )
@@ -50,12 +52,14 @@ masks_app = preprocess.masks_app
 app.command("convert")(volumes.convert)
 app.command("info")(volumes.info)
 app.command("train")(train.train)
+app.command("finetune")(train.finetune)
 app.command("predict")(predict.predict)
 app.command("evaluate")(evaluate.evaluate)
 app.command("experiment")(experiment.experiment)
 app.command("valid-sizes")(volumes.valid_sizes)
 app.command("demo")(demo.demo)
 app.command("instances")(instances.instances)
+app.command("suggest")(suggest.suggest)
 app.command("preprocess")(preprocess.preprocess)
 masks_app.command("sample")(preprocess.sample_mask)
 masks_app.command("exclusion")(preprocess.exclusion_mask)

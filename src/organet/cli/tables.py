@@ -15,6 +15,7 @@ from rich import box
 from rich.table import Table
 
 if TYPE_CHECKING:  # pragma: no cover
+    from organet.annotate.suggest import SuggestResult
     from organet.demo.run import DemoResult
     from organet.evaluate.blockwise import EvaluationResult
     from organet.evaluate.checkpoints import CheckpointEvaluation
@@ -159,4 +160,36 @@ def print_tables(console: Any, tables: Iterable[Table]) -> None:
         console.print(t)
 
 
-__all__ = ["checkpoint_table", "count", "demo_table", "evaluation_tables", "models_table", "print_tables", "score"]
+def boxes_table(res: SuggestResult) -> Table:
+    """The boxes, one row each: rank, mean uncertainty (bit), --roi-vox string, volume (µm³), sample fraction."""
+    rows = [
+        (
+            [
+                str(b.rank),
+                score(b.score),
+                b.roi_vox,
+                f"{b.row(res.voxel_size, res.offset)['volume_um3']:.4g}",
+                score(b.sample_fraction, 2),
+            ],
+            None,
+        )
+        for b in res.boxes
+    ]
+    return _table(
+        f"{len(res.boxes)} of {res.requested} boxes ({res.strategy}, {res.score})",
+        ("rank", "bit", "roi_vox (z,y,x)", "µm³", "sample"),
+        rows,
+        caption=f"box {res.box_vox[0]} x {res.box_vox[1]} x {res.box_vox[2]} voxels · region {res.region}",
+    )
+
+
+__all__ = [
+    "boxes_table",
+    "checkpoint_table",
+    "count",
+    "demo_table",
+    "evaluation_tables",
+    "models_table",
+    "print_tables",
+    "score",
+]

@@ -1,9 +1,11 @@
 """The one Predictor: the only code that turns raw voxels into foreground probabilities.
 
 A :class:`Predictor` bundles a model (a checkpoint path, or a live network during
-training), its contrast normalization, the factor between its voxel size and the
-input's (the input is seen through block means, the probabilities come back by linear
-interpolation), the tile shape, test-time augmentation, device and precision.
+training), its contrast normalization, the map between its voxel size and the input's
+(any ratio per axis: the input is seen through :class:`~organet.volumes.resample.ResampledVolume`,
+area means where the model is coarser and linear interpolation where it is finer, and the
+probabilities come back through the inverse map), the tile shape, test-time augmentation,
+device and precision.
 ``organet predict`` (in-process and on Dask), training validation, the napari widget
 and the demo all call :meth:`Predictor.predict`.
 
@@ -16,6 +18,7 @@ same bytes as one region.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -29,7 +32,7 @@ from organet.errors import IncompatibleError, InputError
 from organet.model.unet import UNetConfig
 from organet.preprocess.normalize import Normalization
 from organet.volumes.geometry import Shape3, Vec3, fmt_vec
-from organet.volumes.resample import DownsampledVolume, coarse_cover, integer_factor, upsample_linear
+from organet.volumes.resample import GridMap, ResampledVolume
 from organet.volumes.roi import Roi
 
 from .tiled import TileGrid, default_tile_shape, run_tiles, tile_grid, tta_variants
@@ -70,20 +73,24 @@ def _worker_device(device: str) -> str:
     return f"cuda:{idx % n}"
 
 
-def model_factor(model_nm: Sequence[float], input_nm: Sequence[float]) -> Shape3:
-    """How many input voxels make one model voxel per axis ((1, 1, 1) = same grid).
+MAX_SCALE = 64.0
+"""Refuse to resample by more than this per axis (a model at 0.5 nm on 40 nm data is a mistake)."""
 
-    Raises :class:`IncompatibleError` when the model's voxel size is not a whole
-    multiple (within 5 %) of the input's.
+
+def model_grid_map(volume: Any, model_nm: Sequence[float]) -> GridMap:
+    """The map from ``volume``'s grid to the model's voxel size ``model_nm`` (nm, z, y, x).
+
+    Raises :class:`IncompatibleError` when an axis would be resampled by more than
+    :data:`MAX_SCALE` either way.
     """
-    f = integer_factor(model_nm, input_nm)
-    if f is None:
+    m = GridMap.between(volume, model_nm)
+    if any(k > MAX_SCALE or k < 1 / MAX_SCALE for k in m.scale):
         raise IncompatibleError(
-            f"the model was trained at {fmt_vec(model_nm)} nm but the input has {fmt_vec(input_nm)} nm voxels; "
-            "prediction resamples only by whole factors (model voxel = k x input voxel). Convert the input "
-            "to the model's voxel size first (organet convert --downsample, or your own resampling)"
+            f"the model was trained at {fmt_vec(model_nm)} nm but the input {getattr(volume, 'path', None) or ''} "
+            f"has {fmt_vec(volume.voxel_size)} nm voxels: more than {MAX_SCALE:g}x apart on an axis; "
+            "check the voxel sizes (--voxel-size)"
         )
-    return f
+    return m
 
 
 @dataclass(frozen=True)
@@ -157,9 +164,9 @@ class Predictor:
         self.__dict__.update(state)
 
     # ------------------------------------------------------------------ geometry
-    def factor(self, input_voxel_size: Sequence[float]) -> Shape3:
-        """Input voxels per model voxel for an input of ``input_voxel_size`` nm."""
-        return model_factor(self.voxel_size, input_voxel_size)
+    def grid_map(self, volume: Any) -> GridMap:
+        """The map from ``volume``'s grid to the model's voxel size."""
+        return model_grid_map(volume, self.voxel_size)
 
     def grid(self) -> TileGrid:
         if self.tile is None:
@@ -167,18 +174,15 @@ class Predictor:
         return tile_grid(self.architecture, self.tile)
 
     def model_grid(self, volume: Any) -> Any:
-        """``volume`` as the model sees it: itself, or block means at the model's voxel size."""
-        f = self.factor(volume.voxel_size)
-        return volume if f == (1, 1, 1) else DownsampledVolume(volume, f)
+        """``volume`` as the model sees it: itself, or resampled to the model's voxel size."""
+        m = self.grid_map(volume)
+        return volume if m.identity else ResampledVolume(volume, self.voxel_size)
 
     def model_region(self, volume: Any, roi: Roi) -> Roi:
         """The model-grid voxels needed for ``roi`` (input voxels): the ROI itself on the same
-        grid, else the model voxels whose linear interpolation covers it."""
-        f = self.factor(volume.voxel_size)
-        if f == (1, 1, 1):
-            return roi
-        lo, hi = coarse_cover(roi.offset, roi.end, f, self.model_grid(volume).shape)
-        return Roi(lo, [b - a for a, b in zip(lo, hi)])
+        grid, else the model voxels the probabilities of ``roi`` are resampled from."""
+        m = self.grid_map(volume)
+        return roi if m.identity else m.inverse().source_box(roi.offset, roi.end)
 
     def for_region(self, volume: Any, roi: Roi) -> Predictor:
         """This Predictor with its tile and grid anchor fixed for predicting ``roi`` of
@@ -192,11 +196,13 @@ class Predictor:
         anchor = self.anchor if self.anchor is not None else region.offset
         return replace(self, tile=tile, anchor=anchor)
 
-    def context_vox(self, input_voxel_size: Sequence[float]) -> Shape3:
-        """Input voxels the network reads around its output on each side (its context)."""
-        f = self.factor(input_voxel_size)
+    def context_vox(self, volume: Any) -> Shape3:
+        """Input voxels the network reads around its output on each side (its context,
+        plus the reach of the resampling)."""
         c = self.grid().context
-        return (c[0] * f[0], c[1] * f[1], c[2] * f[2])
+        scale = self.grid_map(volume).scale
+        out = [math.ceil(n * k) + (math.ceil(k) + 1 if k != 1 else 0) for n, k in zip(c, scale)]
+        return out[0], out[1], out[2]
 
     def describe(self) -> dict[str, Any]:
         """The settings that determine the output (for run records and metadata)."""
@@ -243,28 +249,25 @@ class Predictor:
 
     def resample(self, volume: Any, model_probability: np.ndarray, region: Roi, roi: Roi) -> np.ndarray:
         """Probabilities on the input grid for ``roi`` from model-grid probabilities of
-        ``region`` (which must cover :meth:`model_region` of ``roi``): linear interpolation."""
-        f = self.factor(volume.voxel_size)
-        if f == (1, 1, 1):
+        ``region`` (which must cover :meth:`model_region` of ``roi``): linear interpolation
+        where the input is finer than the model, area means where it is coarser."""
+        m = self.grid_map(volume)
+        if m.identity:
             sl = tuple(slice(a - o, b - o) for a, b, o in zip(roi.offset, roi.end, region.offset))
             return np.ascontiguousarray(model_probability[sl])
-        need = self.model_region(volume, roi)
-        sl = tuple(slice(a - o, b - o) for a, b, o in zip(need.offset, need.end, region.offset))
-        return upsample_linear(
-            model_probability[sl], need.offset, self.model_grid(volume).shape, f, roi.offset, roi.end
-        )
+        return m.inverse().resample(model_probability, region.offset, roi.offset, roi.end)
 
     def predict(self, volume: Any, roi: Roi) -> np.ndarray:
         """Foreground probability (float32, ``roi.shape``) of ``roi`` (input voxels) of ``volume``.
 
         ``volume`` is an :class:`~organet.volumes.Volume` (or anything with ``shape``,
-        ``dtype``, ``voxel_size``, ``offset`` and ``read``). With a model at ``k`` times the
-        input's voxel size, the model sees block means of the input and its output is
-        interpolated linearly back onto the input grid.
+        ``dtype``, ``voxel_size``, ``offset`` and ``read``). With a model of another voxel
+        size the model sees the input resampled to its grid, and its output is resampled
+        back onto the input grid (:class:`~organet.volumes.resample.GridMap`).
         """
         fixed = self.for_region(volume, roi)
         region = fixed.model_region(volume, roi)
         return fixed.resample(volume, fixed.predict_model_grid(fixed.model_grid(volume), region), region, roi)
 
 
-__all__ = ["Predictor", "model_factor"]
+__all__ = ["MAX_SCALE", "Predictor", "model_grid_map"]

@@ -2,8 +2,8 @@
 
 One driver, in-process or on Dask through the same block plan and runner, so both give
 the same bytes. Output container ``OUT.zarr`` (zarr v3, OME-Zarr 0.5), with the
-input's voxel size and the ROI's offset in nm (a model trained at a coarser voxel size
-is applied through :class:`~organet.predict.Predictor`)::
+input's voxel size and the ROI's offset in nm (a model trained at another voxel size is
+applied through :class:`~organet.predict.Predictor`, which resamples both ways)::
 
     OUT.zarr/probability/s0, s1, ...   uint8 0..255 = round(255 p); pyramid: mean
     OUT.zarr/mask/s0, s1, ...          uint8 0/1 = probability >= threshold; pyramid: max
@@ -15,9 +15,9 @@ command resumes, and ``OUT.zarr`` appears (by rename) only when complete.
 Passes: ``clahe-incasem`` (only when the model expects incasem's CLAHE and the input is
 untouched raw: the region the tiles read, in incasem's write blocks, into the uint8 scratch
 ``OUT.zarr.partial/clahe_incasem``, which the network then reads), ``predict`` (output
-blocks; with a model at k x the input's voxel size, blocks of the model grid made of whole
-tiles, kept as float32 in ``OUT.zarr.partial/model_grid``), then ``resample`` (resampled
-runs: output blocks interpolated from the model grid), then the pyramids. No tile is
+blocks; with a model of another voxel size, blocks of the model grid made of whole tiles,
+kept as float32 in ``OUT.zarr.partial/model_grid``), then ``resample`` (resampled runs:
+output blocks resampled from the model grid), then the pyramids. No tile is
 computed twice when the blocks are whole tile steps. Scratch arrays are removed before the
 output is complete.
 
@@ -141,10 +141,9 @@ def input_box(pred: Predictor, vol: Volume, roi: Roi) -> Roi:
 
 def _model_grid_block(job: _Job, block: Block) -> Any:
     """A resampled run, pass 1: probabilities of one block of the model grid (whole tiles)."""
-    f = job.predictor.factor(job.raw.voxel_size)
-    fine = Roi([a * k for a, k in zip(block.roi.offset, f)], [n * k for n, k in zip(block.roi.shape, f)])
-    fine = fine.intersect(job.raw.roi)
-    if job.sample_mask is not None and not job.sample_mask.has_sample(job.raw, fine):
+    if job.sample_mask is not None and not job.sample_mask.has_sample(
+        job.raw, job.predictor.grid_map(job.raw).source_box(block.roi.offset, block.roi.end)
+    ):
         return Skip()
     p = job.predictor.predict_model_grid(job.predictor.model_grid(job.raw), block.roi)
     write_block(Path(job.partial) / MODEL_GRID, block.local(job.region.offset), p)
@@ -218,13 +217,14 @@ def predict_volume(
         from organet.preprocess.normalize import check_preprocess as _check
 
         on_fly = _check(pred.normalization.preprocess, vol.attrs, f"input {vol.path}", "the model", on_the_fly=True)
-    factor = pred.factor(vol.voxel_size)
-    if on_fly is not None and factor != (1, 1, 1):
+    gmap = pred.grid_map(vol)
+    resampled = not gmap.identity
+    if on_fly is not None and resampled:
         raise IncompatibleError(
             f"the model expects {on_fly['method']} contrast computed at its voxel size {fmt_vec(pred.voxel_size)} nm, "
             f"but the input {vol.path or '<in memory>'} has {fmt_vec(vol.voxel_size)} nm voxels and no preprocessing; "
             f"run `organet preprocess --method {on_fly['method']}` on data at {fmt_vec(pred.voxel_size)} nm "
-            "(organet convert --downsample first) and predict on that"
+            "(resample it there first, e.g. organet convert --downsample) and predict on that"
         )
     if client is not None and vol._spec is None and not isinstance(vol.data, np.ndarray):
         raise VolumeError(f"{vol.path or 'the input volume'} cannot be sent to Dask workers: open it from a file")
@@ -234,7 +234,6 @@ def predict_volume(
     cut = uint8_cut(threshold)
     pred = pred.for_region(vol, roi)
     step = pred.grid().step
-    resampled = factor != (1, 1, 1)
     region = pred.model_region(vol, roi)
     if chunks is not None:
         ch = tuple(int(c) for c in chunks)
@@ -244,7 +243,7 @@ def predict_volume(
     unit = tuple(math.lcm(s, c) for s, c in zip(step, ch))
     if resampled or block_shape is not None or any(u > 4 * max(s, c) for u, s, c in zip(unit, step, ch)):
         unit = ch
-    plan = plan_blocks(roi, ch, block_shape, unit=unit, context=pred.context_vox(vol.voxel_size))
+    plan = plan_blocks(roi, ch, block_shape, unit=unit, context=pred.context_vox(vol))
     note = plan.note
     if resampled:  # pass 1 on the model grid in whole tiles, pass 2 interpolates output blocks
         model_plan = plan_blocks(region, step, unit=step, target=128)
@@ -273,7 +272,7 @@ def predict_volume(
         "chunks": list(ch),
         "block_shape": list(plan.block_shape),
         "threshold": float(threshold),
-        "factor": list(factor),
+        "resampled": gmap.describe() if resampled else None,
         "sample_mask": sample_mask.describe() if sample_mask is not None else None,
         **({"preprocess_on_the_fly": on_fly} if on_fly is not None else {}),
     }
@@ -288,7 +287,7 @@ def predict_volume(
         "source": vol.path,
         "roi_vox": {"offset": list(roi.offset), "shape": list(roi.shape)},
         **({"tta": pred.tta} if pred.tta else {}),
-        **({"resampled": {"factor": list(factor), "upsampling": "linear"}} if factor != (1, 1, 1) else {}),
+        **({"resampled": {"to_model": gmap.describe(), "back": gmap.inverse().describe()}} if resampled else {}),
         **({"preprocess_on_the_fly": on_fly} if on_fly is not None else {}),
     }
     out = ResumableOutput(output, run, overwrite=overwrite)

@@ -66,3 +66,26 @@ class SampleMask:
         if any(b <= a for a, b in zip(lo, hi)):
             return False
         return bool(_OPS[op](m.read(Roi(lo, [b - a for a, b in zip(lo, hi)])), value).any())
+
+    def voxels(self, raw: Volume, block: Roi) -> np.ndarray:
+        """Where the sample is, voxel by voxel: a boolean array of ``block.shape`` (voxels
+        of ``raw``, z, y, x). The rule is applied to the mask voxel holding each voxel's
+        centre (aligned by nm; outside the mask volume = no sample) or, without a mask
+        volume, to the raw intensities."""
+        op, value = parse_rule(self.rule or "!=0")
+        if self.volume is None:
+            return np.asarray(_OPS[op](raw.read(block), value), bool)
+        m = self.volume
+        idx = []
+        for a in range(3):
+            centres = raw.offset[a] + (np.arange(block.offset[a], block.end[a]) + 0.5) * raw.voxel_size[a]
+            idx.append(np.floor((centres - m.offset[a]) / m.voxel_size[a]).astype(np.int64))
+        inside = [(i >= 0) & (i < n) for i, n in zip(idx, m.shape)]
+        out = np.zeros(block.shape, bool)
+        if not all(k.any() for k in inside):
+            return out
+        lo = [int(i[k].min()) for i, k in zip(idx, inside)]
+        hi = [int(i[k].max()) + 1 for i, k in zip(idx, inside)]
+        sub = m.read(Roi(lo, [b - a for a, b in zip(lo, hi)]))
+        out[np.ix_(*inside)] = _OPS[op](sub[np.ix_(*(i[k] - o for i, k, o in zip(idx, inside, lo)))], value)
+        return out

@@ -5,6 +5,7 @@ resume and fine-tuning.
 Run folder layout::
 
     RUN/config.yaml            the validated config (absolute paths)
+    RUN/data.json              the model voxel size and every ROI on its grid (resampling, if any)
     RUN/checkpoints/iter_0001000.pt
     RUN/metrics.jsonl          one JSON object per line: kind=train|validation
     RUN/curves.png             training / validation loss and F1 (seed Fig S4)
@@ -39,7 +40,7 @@ from organet.train.plots import plot_curves
 from organet.train.sampling import BlockSampler, check_binary, load_roi, open_roi_volumes
 from organet.volumes.atomic import atomic_write_text
 from organet.volumes.foreground import foreground, prediction_kind
-from organet.volumes.geometry import same_voxel_size
+from organet.volumes.geometry import fmt_vec
 
 
 @dataclass
@@ -116,11 +117,29 @@ class Trainer:
         # sampling.context 'volume': raw is read with the context the upstream blocks reach
         ctx = cfg.sampling.context == "volume"
         self.train_rois = [
-            load_roi(s, cfg.data.cache_max_gib, i, self.out_shape if ctx else None, self.upstream if ctx else None)
+            load_roi(
+                s,
+                cfg.data.cache_max_gib,
+                i,
+                self.out_shape if ctx else None,
+                self.upstream if ctx else None,
+                self.voxel_size,
+                cfg.data.resample_raw,
+                cfg.data.resample_labels,
+            )
             for i, s in enumerate(cfg.data.train)
         ]
+        for r in self.train_rois:
+            if r.resampling is not None:
+                m = r.resampling
+                self.log(
+                    f"{r.name}: {fmt_vec(m['source_voxel_size'])} nm resampled to {fmt_vec(m['voxel_size'])} nm "
+                    f"(raw {'/'.join(m['modes'])}, labels {m['labels']}); ROI {m['roi_vox']} on the model grid"
+                )
         self.val_rois = [self._load_validation(s, i) for i, s in enumerate(cfg.data.validation)]
-        self.sampler = BlockSampler(self.train_rois, self.out_shape, self.upstream, cfg.sampling)
+        self.sampler = BlockSampler(
+            self.train_rois, self.out_shape, self.upstream, cfg.sampling, group_weights=cfg.data.group_weights
+        )
 
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
@@ -138,6 +157,7 @@ class Trainer:
             self._init_from(Path(init_from))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.record(), sort_keys=False))
+        atomic_write_text(self.run_dir / "data.json", json.dumps(self.data_record(), indent=2) + "\n")
 
     # -- setup -------------------------------------------------------------
 
@@ -159,18 +179,37 @@ class Trainer:
                 raise ConfigError(str(e)) from None
 
     def _train_voxel_size(self) -> tuple[float, float, float]:
-        """Voxel size (nm, z, y, x) of the training data; every training ROI must have the same."""
+        """The model's voxel size (nm, z, y, x): ``model.voxel_size``, else the first training
+        source's. Training sources of other voxel sizes are resampled to it."""
         from organet.volumes import open_volume
 
-        specs = self.cfg.data.train
-        sizes = [open_volume(s.raw, voxel_size=s.voxel_size).voxel_size for s in specs]
-        for i, (spec, size) in enumerate(zip(specs, sizes)):
-            if not same_voxel_size(size, sizes[0]):
-                raise ConfigError(
-                    f"training ROI {spec.name or f'train{i}'} has voxel size {size} nm but "
-                    f"{specs[0].name or 'train0'} has {sizes[0]} nm; resample the data to one voxel size first"
-                )
-        return sizes[0]
+        if self.cfg.model.voxel_size is not None:
+            v = self.cfg.model.voxel_size
+            return float(v[0]), float(v[1]), float(v[2])
+        first = self.cfg.data.train[0]
+        return open_volume(first.raw, voxel_size=first.voxel_size).voxel_size
+
+    def data_record(self) -> dict[str, Any]:
+        """What the run trained on: the model's voxel size and each ROI's grid and resampling."""
+        return {
+            "voxel_size": list(self.voxel_size),
+            "group_weights": self.cfg.data.group_weights,
+            "train": [
+                {
+                    "name": r.name,
+                    "group": r.group,
+                    "voxel_size": list(r.voxel_size),
+                    "roi_vox": str(r.roi),
+                    "voxels": r.size,
+                    "foreground": float(r.labels.mean()),
+                    "resampled": r.resampling,
+                }
+                for r in self.train_rois
+            ],
+            "validation": [
+                {"name": v.name, "voxel_size": list(v.raw.voxel_size), "roi_vox": str(v.roi)} for v in self.val_rois
+            ],
+        }
 
     def _load_validation(self, spec: RoiSpec, index: int) -> ValidationRoi:
         raw, labels, mask, roi = open_roi_volumes(spec)

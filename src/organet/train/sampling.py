@@ -1,7 +1,8 @@
 """Training data: ROIs held in memory and the seed's random block sampler.
 
 Locations are drawn uniformly over all training ROIs (so each ROI is weighted
-by its size). An output block lies inside its ROI where the ROI is at least as
+by its size), or per group of ROIs with given shares (:func:`roi_weights`; fine-tuning
+mixes new and original data this way). An output block lies inside its ROI where the ROI is at least as
 large as the block, and covers the ROI where it is smaller (per axis). A block
 whose output region has less than ``min_foreground`` foreground is re-drawn
 with probability ``reject_probability``; one with at most ``min_masked`` of its
@@ -34,6 +35,9 @@ elastically deformed inputs see real data wherever the volume has it, and keep
 the location rule above (incasem also keeps the output inside the ROI, but
 additionally pulls blocks away from the volume border).
 
+Sources of another voxel size than the model's are read through resampled views
+(:func:`open_roi_volumes`): everything here then works in voxels of the model's grid.
+
 Shapes and offsets in voxels, axis order (z, y, x).
 """
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +54,8 @@ from organet.config import RoiSpec, SamplingConfig
 from organet.errors import ConfigError
 from organet.volumes import Roi, Volume, open_volume, parse_roi
 from organet.volumes.foreground import foreground, prediction_kind
-from organet.volumes.geometry import Shape3
+from organet.volumes.geometry import Shape3, fmt_vec
+from organet.volumes.resample import GridMap, ResampledVolume, ResampleMode
 
 
 @dataclass
@@ -71,6 +77,8 @@ class RoiData:
     roi: Roi  # position in its volume (voxels)
     raw_roi: Roi | None = None
     volume_roi: Roi | None = None
+    resampling: dict[str, Any] | None = None  # how it was resampled to the model's voxel size
+    group: str = "train"  # sampling group (data.group_weights)
 
     @property
     def size(self) -> int:
@@ -103,8 +111,21 @@ def raw_context(roi_shape: Sequence[int], out_shape: Sequence[int], upstream: Se
     return c[0], c[1], c[2]
 
 
-def open_roi_volumes(spec: RoiSpec) -> tuple[Volume, Volume, Volume | None, Roi]:
-    """Open raw/labels/mask of a spec, check they agree and resolve its ROI."""
+def open_roi_volumes(
+    spec: RoiSpec,
+    voxel_size: Sequence[float] | None = None,
+    raw_mode: ResampleMode = "auto",
+    label_mode: ResampleMode = "majority",
+) -> tuple[Volume | ResampledVolume, Volume | ResampledVolume, Volume | ResampledVolume | None, Roi]:
+    """Open raw/labels/mask of a spec, check they agree and resolve its ROI.
+
+    With ``voxel_size`` (nm, z, y, x) other than the data's, raw, labels and mask are
+    returned as :class:`~organet.volumes.resample.ResampledVolume` views at that voxel
+    size (raw with ``raw_mode``, labels with ``label_mode``, the sample mask with
+    ``majority``) and the ROI as the voxels of the new grid that lie wholly inside it (so
+    resampled labels are those of the annotated ROI: a voxel's majority is decided inside
+    it). The source labels of the ROI are checked to be binary first.
+    """
     raw = open_volume(spec.raw, voxel_size=spec.voxel_size)
     labels = open_volume(spec.labels, voxel_size=spec.voxel_size or raw.voxel_size)
     mask = open_volume(spec.mask, voxel_size=spec.voxel_size or raw.voxel_size) if spec.mask else None
@@ -119,7 +140,34 @@ def open_roi_volumes(spec: RoiSpec) -> tuple[Volume, Volume, Volume | None, Roi]
         roi = parse_roi(spec.roi_nm, "nm", raw)
     else:
         roi = raw.roi
-    return raw, labels, mask, roi
+    if voxel_size is None or GridMap.between(raw, voxel_size).identity:
+        return raw, labels, mask, roi
+    check_binary(labels.read(roi), f"{labels.path} (ROI {roi})")
+    gmap = GridMap.between(raw, voxel_size)
+    lo = [math.ceil(a / k - 1e-6) for a, k in zip(roi.offset, gmap.scale)]
+    hi = [min(n, math.floor(b / k + 1e-6)) for b, k, n in zip(roi.end, gmap.scale, gmap.shape)]
+    if any(b <= a for a, b in zip(lo, hi)):
+        raise ConfigError(
+            f"ROI {roi} of {raw.path} (voxel size {fmt_vec(raw.voxel_size)} nm) holds no whole voxel of the "
+            f"model's grid (voxel size {fmt_vec(gmap.voxel_size)} nm); annotate a larger ROI"
+        )
+    views = (
+        ResampledVolume(raw, voxel_size, raw_mode),
+        ResampledVolume(labels, voxel_size, label_mode),
+        ResampledVolume(mask, voxel_size, "majority") if mask is not None else None,
+    )
+    return (*views, Roi(lo, [b - a for a, b in zip(lo, hi)]))
+
+
+def resampling_record(raw: Any, roi: Roi, raw_mode: str, label_mode: str) -> dict[str, Any] | None:
+    """What a run records about an ROI read through resampled views (None: read as stored)."""
+    if not isinstance(raw, ResampledVolume):
+        return None
+    return {
+        **raw.map.describe(raw_mode),  # type: ignore[arg-type]
+        "labels": label_mode,
+        "roi_vox": str(roi),
+    }
 
 
 def check_binary(labels: np.ndarray, where: str) -> np.ndarray:
@@ -140,8 +188,12 @@ def load_roi(
     index: int,
     out_shape: Sequence[int] | None = None,
     upstream: Sequence[int] | None = None,
+    voxel_size: Sequence[float] | None = None,
+    raw_mode: ResampleMode = "auto",
+    label_mode: ResampleMode = "majority",
 ) -> RoiData:
-    """Read one training ROI into memory.
+    """Read one training ROI into memory, at ``voxel_size`` (nm) if given (resampled as
+    :func:`open_roi_volumes` says; boxes are then voxels of that grid).
 
     With ``out_shape`` and ``upstream`` (the sampler's output and upstream block
     shapes, voxels) raw is read for the ROI grown by :func:`raw_context`,
@@ -152,7 +204,7 @@ def load_roi(
     """
     if (out_shape is None) != (upstream is None):
         raise ValueError("load_roi: give both out_shape and upstream, or neither")
-    raw, labels, mask, roi = open_roi_volumes(spec)
+    raw, labels, mask, roi = open_roi_volumes(spec, voxel_size, raw_mode, label_mode)
     context: Shape3 = (0, 0, 0)
     if out_shape is not None and upstream is not None:
         context = raw_context(roi.shape, out_shape, upstream)
@@ -169,7 +221,19 @@ def load_roi(
     m = None
     if mask is not None:
         m = foreground(mask.read(roi), prediction_kind(mask)).astype(np.uint8)
-    return RoiData(name, raw.read(raw_roi), lab, m, raw.dtype, raw.voxel_size, roi, raw_roi, raw.roi)
+    return RoiData(
+        name,
+        raw.read(raw_roi),
+        lab,
+        m,
+        raw.dtype,
+        raw.voxel_size,
+        roi,
+        raw_roi,
+        raw.roi,
+        resampling_record(raw, roi, raw_mode, label_mode),
+        spec.group,
+    )
 
 
 def crop_padded(array: np.ndarray, start: Sequence[int], shape: Sequence[int], fill: float) -> np.ndarray:
@@ -212,6 +276,19 @@ class Sample:
     tries: int  # draws needed (1 = first draw accepted)
 
 
+def roi_weights(rois: Sequence[RoiData], group_weights: dict[str, float] | None = None) -> np.ndarray:
+    """Probability of drawing each ROI: its size over all ROIs, or with ``group_weights``
+    the weight of its group times its size over the group's."""
+    sizes = np.array([r.size for r in rois], dtype=np.float64)
+    if not group_weights:
+        return sizes / sizes.sum()
+    totals: dict[str, float] = {}
+    for r, n in zip(rois, sizes):
+        totals[r.group] = totals.get(r.group, 0.0) + n
+    w = np.array([group_weights[r.group] * n / totals[r.group] for r, n in zip(rois, sizes)])
+    return w / w.sum()
+
+
 class BlockSampler:
     """Draws upstream blocks (``upstream`` shape, centred on an output block of
     ``out_shape``) from ROIs with the seed's rejection rules; ``cfg.context``
@@ -226,6 +303,7 @@ class BlockSampler:
         upstream: Sequence[int],
         cfg: SamplingConfig,
         max_tries: int = 10_000,
+        group_weights: dict[str, float] | None = None,
     ) -> None:
         if not rois:
             raise ValueError("no training ROIs")
@@ -234,8 +312,7 @@ class BlockSampler:
         self.upstream = tuple(upstream)
         self.cfg = cfg
         self.max_tries = max_tries
-        sizes = np.array([r.size for r in self.rois], dtype=np.float64)
-        self.weights = sizes / sizes.sum()
+        self.weights = roi_weights(self.rois, group_weights)
         if cfg.context == "volume":
             for r in self.rois:
                 need = r.roi.grow(raw_context(r.roi.shape, self.out_shape, self.upstream)).intersect(r.volume_box)

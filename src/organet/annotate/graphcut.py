@@ -2,8 +2,10 @@
 unary terms, a min-cut/max-flow on the voxel grid (PyMaxflow) the final labels.
 
 Scribbles: a (z, y, x) volume, 0 = unlabeled, 1 = object, 2 = background, drawn on a few
-planes at any spacing. Pipeline (all on a working grid downsampled by ``downsample``
-voxels per axis, by block mean, to keep large ROIs fast):
+planes at any spacing. Pipeline (all on a working grid: the ROI block-averaged by
+``downsample`` voxels per axis, or, by default, by factors :func:`choose_working_grid` picks
+from the ROI's size and voxel size so that large ROIs stay fast and small ones stay at full
+resolution):
 
 1. features (:mod:`organet.annotate.features`) at ``scales`` (working-grid voxels);
 2. a random forest trained on the scribbled voxels -> object probability; with
@@ -22,17 +24,19 @@ exported from VAST or ilastik (TIFF stacks).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from organet.annotate.features import DEFAULT_SCALES, compute_features
+from organet.annotate.features import DEFAULT_SCALES, compute_features, n_features
 from organet.volumes import Roi, Volume, VolumeError
 from organet.volumes.foreground import probability_to_uint8
+from organet.volumes.geometry import VOXEL_SIZE_RTOL, Shape3, as_int3, as_vec3
 
 
 class AnnotationError(VolumeError):
@@ -88,7 +92,11 @@ def scribbles_from_labels(
 class GraphCutParams:
     """Parameters; lengths in voxels of the working grid unless noted."""
 
-    downsample: int = 1  # working grid = full grid / downsample (block mean), per axis
+    # working grid = full grid / downsample (block mean): one factor for all axes or (z, y, x);
+    # None = automatic (:func:`choose_working_grid`: full resolution up to ``max_working_voxels``)
+    downsample: int | tuple[int, int, int] | None = None
+    max_working_voxels: int = 4_000_000  # budget of the automatic choice (working-grid voxels)
+    voxel_size: tuple[float, float, float] | None = None  # nm (z, y, x), for the automatic choice; None = isotropic
     scales: tuple[float, ...] = DEFAULT_SCALES
     n_trees: int = 64
     max_depth: int | None = 16
@@ -106,7 +114,100 @@ class GraphCutParams:
     def record(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["scales"] = list(self.scales)
+        for k in ("downsample", "voxel_size"):
+            if isinstance(d[k], tuple):
+                d[k] = list(d[k])
         return d
+
+
+@dataclass(frozen=True)
+class WorkingGrid:
+    """The grid features, forests and the cut run on: the ROI block-averaged by ``factors``.
+
+    ``factors`` and ``shape`` are (z, y, x) in voxels; ``auto`` tells whether the factors
+    were chosen by :func:`choose_working_grid` (else set by the caller).
+    """
+
+    factors: Shape3
+    shape: Shape3
+    roi_voxels: int
+    auto: bool
+    max_voxels: int
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.shape)
+
+    def describe(self) -> str:
+        """One line, e.g. ``downsample 2x2x2 (auto: 24.3 M voxels > 4.0 M; working grid 83x192x192)``."""
+        f = "x".join(str(v) for v in self.factors)
+        head = "full resolution" if self.factors == (1, 1, 1) else f"downsample {f}"
+        grid = "x".join(str(v) for v in self.shape)
+        if not self.auto:
+            return f"{head} (set by the user; working grid {grid}, {_count(self.voxels)} voxels)"
+        cmp = ">" if self.roi_voxels > self.max_voxels else "<="
+        return f"{head} (auto: {_count(self.roi_voxels)} voxels {cmp} {_count(self.max_voxels)}; working grid {grid})"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "factors": list(self.factors),
+            "shape": list(self.shape),
+            "auto": self.auto,
+            "max_voxels": self.max_voxels,
+            "describe": self.describe(),
+        }
+
+
+def _count(n: int) -> str:
+    """``24.3 M``, ``40.0 k``: a voxel count for messages."""
+    return f"{n / 1e6:.1f} M" if n >= 100_000 else f"{n / 1e3:.1f} k"
+
+
+def _grid_shape(shape: Sequence[int], factors: Sequence[int]) -> Shape3:
+    z, y, x = (-(-int(n) // int(f)) for n, f in zip(shape, factors))
+    return (z, y, x)
+
+
+def choose_working_grid(
+    shape: Sequence[int],
+    voxel_size: Sequence[float] | None = None,
+    max_voxels: int = 4_000_000,
+    downsample: int | Sequence[int] | None = None,
+    min_extent: int = 16,
+) -> WorkingGrid:
+    """The working grid of a ROI of ``shape`` voxels (z, y, x).
+
+    An explicit ``downsample`` (one factor or (z, y, x)) is used as given. Otherwise the grid
+    stays at full resolution while the ROI has at most ``max_voxels`` voxels; above that, the
+    factor of the axes with the finest working voxel (``voxel_size``, nm; isotropic when None)
+    grows by one until the working grid fits the budget, so anisotropic data (e.g. 5 x 5 x 40 nm)
+    is first coarsened in the plane. An axis is not coarsened below ``min_extent`` working voxels.
+    """
+    dims = as_int3(shape, "ROI shape", minimum=1)
+    n = math.prod(dims)
+    if downsample is not None:
+        f = (downsample,) * 3 if isinstance(downsample, int) else tuple(downsample)
+        try:
+            factors = as_int3(f, "downsample", minimum=1)
+        except VolumeError:
+            raise AnnotationError(
+                f"downsample must be one integer >= 1 or three (z, y, x), got {downsample!r}"
+            ) from None
+        return WorkingGrid(factors, _grid_shape(dims, factors), n, False, max_voxels)
+    if max_voxels < 1:
+        raise AnnotationError(f"max_working_voxels must be >= 1, got {max_voxels}")
+    vs = as_vec3(voxel_size, "voxel size", positive=True) if voxel_size is not None else (1.0, 1.0, 1.0)
+    fac = [1, 1, 1]
+    while math.prod(_grid_shape(dims, fac)) > max_voxels:
+        free = [a for a in range(3) if -(-dims[a] // (fac[a] + 1)) >= min_extent]
+        if not free:
+            break
+        finest = min(vs[a] * fac[a] for a in free)
+        for a in free:
+            if math.isclose(vs[a] * fac[a], finest, rel_tol=VOXEL_SIZE_RTOL):
+                fac[a] += 1
+    factors = (fac[0], fac[1], fac[2])
+    return WorkingGrid(factors, _grid_shape(dims, factors), n, True, max_voxels)
 
 
 @dataclass
@@ -116,25 +217,32 @@ class GraphCutResult:
     seconds: dict[str, float] = field(default_factory=dict)
     n_scribbled: tuple[int, int] = (0, 0)
     stage_probabilities: list[np.ndarray] = field(default_factory=list)  # working grid, one per forest stage
+    working_grid: WorkingGrid | None = None  # the grid that was used and why
 
 
-def _downsample_mean(x: np.ndarray, f: int) -> np.ndarray:
-    if f == 1:
+def _factors(f: int | Sequence[int]) -> Shape3:
+    return (f, f, f) if isinstance(f, int) else (int(f[0]), int(f[1]), int(f[2]))
+
+
+def _downsample_mean(x: np.ndarray, f: int | Sequence[int]) -> np.ndarray:
+    """Block means over ``f`` voxels per axis (z, y, x) (edge-padded to a multiple), float32."""
+    fz, fy, fx = _factors(f)
+    if (fz, fy, fx) == (1, 1, 1):
         return x.astype(np.float32, copy=False)
-    pad = [(0, (-s) % f) for s in x.shape]
-    xp = np.pad(x.astype(np.float32), pad, mode="edge")
-    z, y, w = (s // f for s in xp.shape)
-    return xp.reshape(z, f, y, f, w, f).mean(axis=(1, 3, 5))
+    pad = [(0, (-s) % k) for s, k in zip(x.shape, (fz, fy, fx))]
+    xp = np.pad(x.astype(np.float32, copy=False), pad, mode="edge")
+    z, y, w = xp.shape[0] // fz, xp.shape[1] // fy, xp.shape[2] // fx
+    return xp.reshape(z, fz, y, fy, w, fx).mean(axis=(1, 3, 5), dtype=np.float32)
 
 
-def _downsample_scribbles(s: np.ndarray, f: int) -> np.ndarray:
+def _downsample_scribbles(s: np.ndarray, f: int | Sequence[int]) -> np.ndarray:
     """A working voxel is object/background if any full voxel of it is (conflicts -> unlabeled)."""
-    if f == 1:
+    fz, fy, fx = _factors(f)
+    if (fz, fy, fx) == (1, 1, 1):
         return s
-    pad = [(0, (-n) % f) for n in s.shape]
+    pad = [(0, (-n) % k) for n, k in zip(s.shape, (fz, fy, fx))]
     sp = np.pad(s, pad)
-    z, y, w = (n // f for n in sp.shape)
-    blocks = sp.reshape(z, f, y, f, w, f)
+    blocks = sp.reshape(sp.shape[0] // fz, fz, sp.shape[1] // fy, fy, sp.shape[2] // fx, fx)
     obj = (blocks == OBJECT).any(axis=(1, 3, 5))
     bg = (blocks == BACKGROUND).any(axis=(1, 3, 5))
     out = np.zeros(obj.shape, np.uint8)
@@ -143,17 +251,19 @@ def _downsample_scribbles(s: np.ndarray, f: int) -> np.ndarray:
     return out
 
 
-def _upsample(x: np.ndarray, f: int, shape: Sequence[int]) -> np.ndarray:
-    """Linear upsampling of a working-grid map to the full grid (voxel centres aligned)."""
-    if f == 1:
+def _upsample(x: np.ndarray, f: int | Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Linear upsampling of a working-grid map to the full grid (voxel centres aligned), float32."""
+    fac = _factors(f)
+    if fac == (1, 1, 1):
         return x
-    coords = [(np.arange(n) + 0.5) / f - 0.5 for n in shape]
-    grid = np.meshgrid(*coords, indexing="ij", sparse=True)
+    src = np.asarray(x, np.float32)
+    cz, cy, cx = ((np.arange(n) + 0.5) / k - 0.5 for n, k in zip(shape, fac))
+    plane = np.stack(np.broadcast_arrays(np.zeros((len(cy), 1), np.float32), cy[:, None], cx[None, :]))
     out = np.empty(tuple(shape), np.float32)
     # one z plane at a time keeps memory at a few planes
     for i in range(shape[0]):
-        c = np.broadcast_arrays(np.full((shape[1], shape[2]), coords[0][i]), grid[1][0], grid[2][0])
-        out[i] = ndimage.map_coordinates(x.astype(np.float32), np.stack(c), order=1, mode="nearest")
+        plane[0] = cz[i]
+        out[i] = ndimage.map_coordinates(src, plane, order=1, mode="nearest")
     return out
 
 
@@ -290,38 +400,46 @@ def segment_from_scribbles(
 ) -> GraphCutResult:
     """Object labels of a raw (z, y, x) array from scribbles (0/1/2) of the same shape.
 
-    Raw may be any numeric type; it is scaled by its 0.1/99.9 percentiles to [0, 1].
+    Raw may be any numeric type; it is scaled by its 0.1/99.9 percentiles to [0, 1]. The
+    working grid is ``params.downsample`` if set, else chosen by :func:`choose_working_grid`
+    from the ROI's size and ``params.voxel_size``; ``result.working_grid`` says which and why.
     """
     p = params or GraphCutParams()
     raw = np.asarray(raw)
     scrib = check_scribbles(scribbles, raw.shape)
-    if p.downsample < 1:
-        raise AnnotationError(f"downsample must be >= 1, got {p.downsample}")
     if p.smoothness < 0 or p.contrast_sigma <= 0:
         raise AnnotationError("smoothness must be >= 0 and contrast_sigma > 0")
+    grid = choose_working_grid(raw.shape, p.voxel_size, p.max_working_voxels, p.downsample)
+    f = grid.factors
+    if log:
+        log(f"working grid: {grid.describe()}")
     t: dict[str, float] = {}
     t0 = time.perf_counter()
     lo, hi = np.percentile(raw, [0.1, 99.9])
     x = np.clip((raw.astype(np.float32) - lo) / max(float(hi - lo), 1e-12), 0, 1)
-    xs = _downsample_mean(x, p.downsample)
-    ss = _downsample_scribbles(scrib, p.downsample)
+    xs = _downsample_mean(x, f)
+    del x
+    ss = _downsample_scribbles(scrib, f)
     if not ((ss == OBJECT).any() and (ss == BACKGROUND).any()):
         raise AnnotationError("after downsampling the scribbles lack one class; use a smaller downsample")
-    feats = compute_features(xs, p.scales)
+    # one float32 array holds the features and, behind them, the auto-context channels
+    nf = n_features(p.scales)
+    n_ctx = 1 + len(p.scales) if p.autocontext > 0 else 0
+    feats = np.empty((*xs.shape, nf + n_ctx), np.float32)
+    compute_features(xs, p.scales, out=feats[..., :nf])
     t["features"] = time.perf_counter() - t0
     rng = np.random.default_rng(p.seed)
     sv = supervoxels(xs, p.supervoxels) if p.supervoxels > 0 else None
     if sv is not None and not set(np.unique(_sv_scribbles(ss, sv))) >= {OBJECT, BACKGROUND}:
         raise AnnotationError("no supervoxel is scribbled with one class only; use smaller supervoxels")
     t1 = time.perf_counter()
-    prob = _train_predict(feats, ss, p, rng, sv)
+    prob = _train_predict(feats[..., :nf], ss, p, rng, sv)
     stages = [prob]
     for _ in range(p.autocontext):
-        ctx = [ndimage.gaussian_filter(prob, s) for s in (0.0, *p.scales)]
-        feats2 = np.concatenate([feats, np.stack(ctx, -1).astype(np.float32)], -1)
-        prob = _train_predict(feats2, ss, p, rng, sv)
+        for j, sigma in enumerate((0.0, *p.scales)):
+            feats[..., nf + j] = ndimage.gaussian_filter(prob, sigma)
+        prob = _train_predict(feats, ss, p, rng, sv)
         stages.append(prob)
-        del feats2
     del feats
     t["forest"] = time.perf_counter() - t1
     if log:
@@ -332,13 +450,18 @@ def segment_from_scribbles(
     if p.fill_holes or p.min_size > 0:
         cut = clean_labels(cut, ss, p.fill_holes, p.min_size)
     t["graphcut"] = time.perf_counter() - t2
-    full = _upsample(cut.astype(np.float32), p.downsample, raw.shape) >= 0.5
+    full = _upsample(cut.astype(np.float32), f, raw.shape) >= 0.5
     full[scrib == OBJECT] = True
     full[scrib == BACKGROUND] = False
-    prob_full = _upsample(prob, p.downsample, raw.shape)
+    prob_full = _upsample(prob, f, raw.shape)
     t["total"] = time.perf_counter() - t0
     return GraphCutResult(
-        full.astype(np.uint8), prob_full, t, (int((scrib == OBJECT).sum()), int((scrib == BACKGROUND).sum())), stages
+        full.astype(np.uint8),
+        prob_full,
+        t,
+        (int((scrib == OBJECT).sum()), int((scrib == BACKGROUND).sum())),
+        stages,
+        grid,
     )
 
 
@@ -368,6 +491,8 @@ def graphcut_volume(
     if not raw.roi.contains(roi) or roi.empty:
         raise AnnotationError(f"ROI {roi} is empty or outside the volume {raw.roi}")
     p = params or GraphCutParams()
+    if p.voxel_size is None:
+        p = replace(p, voxel_size=raw.voxel_size)
     res = segment_from_scribbles(raw.read(roi), scribbles.read(roi), p, log)
     offset = tuple(o + r * v for o, r, v in zip(raw.offset, roi.offset, raw.voxel_size))
     meta = {
@@ -375,6 +500,7 @@ def graphcut_volume(
         "scribbles": scribbles.path,
         "roi_vox": {"offset": list(roi.offset), "shape": list(roi.shape)},
         "graphcut": p.record(),
+        "working_grid": res.working_grid.record() if res.working_grid else None,
         "n_scribbled": list(res.n_scribbled),
     }
     with write_ome_zarr(output, overwrite=overwrite) as w:

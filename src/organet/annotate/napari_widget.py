@@ -297,11 +297,12 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
                 tooltip="intensity scale of the boundary term (raw scaled to [0, 1])",
             )
             self.downsample = SpinBox(
-                value=1,
-                min=1,
+                value=0,
+                min=0,
                 max=8,
                 label="downsample",
-                tooltip="work on a grid downsampled by this factor per axis (speed)",
+                tooltip="work on a grid downsampled by this factor per axis (speed); "
+                "0 = auto (full resolution up to 4 M voxels in the box)",
             )
             self.scales = LineEdit(
                 value="1, 2, 4, 8", label="feature scales", tooltip="feature scales in working-grid voxels"
@@ -403,7 +404,7 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
 
         def params(self) -> GraphCutParams:
             return GraphCutParams(
-                downsample=int(self.downsample.value),
+                downsample=int(self.downsample.value) or None,
                 scales=parse_scales(self.scales.value),
                 n_trees=int(self.trees.value),
                 autocontext=int(self.autocontext.value),

@@ -38,7 +38,16 @@ def graphcut(
     contrast_sigma: Annotated[
         float, typer.Option(help="intensity scale of the pairwise term (raw scaled to [0, 1])")
     ] = 0.05,
-    downsample: Annotated[int, typer.Option(help="work on a grid downsampled by this factor per axis (speed)")] = 1,
+    downsample: Annotated[
+        str,
+        typer.Option(
+            help="working grid: 'auto' (full resolution up to --max-working-voxels, else coarsened by block "
+            "means, finest axes first), one factor for all axes (1 = full resolution) or Z,Y,X"
+        ),
+    ] = "auto",
+    max_working_voxels: Annotated[
+        int, typer.Option(help="budget of --downsample auto, in working-grid voxels")
+    ] = 4_000_000,
     scales: Annotated[
         list[float] | None, typer.Option("--scale", help="feature scales (working-grid voxels); repeat")
     ] = None,
@@ -74,7 +83,8 @@ def graphcut(
         mapped = scribbles_from_labels(s.read(rr), object_ids or (1,), background_ids or (2,))
         s = Volume(_Placed(mapped, rr, r.shape), r.voxel_size, r.offset, path=f"{s.path} (imported)")
     params = GraphCutParams(
-        downsample=downsample,
+        downsample=parse_downsample(downsample),
+        max_working_voxels=max_working_voxels,
         scales=tuple(scales) if scales else DEFAULT_SCALES,
         n_trees=trees,
         autocontext=autocontext,
@@ -96,10 +106,25 @@ def graphcut(
         log=lambda m: err_console.print(m, markup=False, highlight=False),
     )
     frac = float(res.labels.mean())
+    grid = res.working_grid.describe() if res.working_grid else "?"
     say(
         f"wrote {output}: {100 * frac:.1f} % object; scribbled {res.n_scribbled[0]} object / "
-        f"{res.n_scribbled[1]} background voxels; {res.seconds['total']:.1f} s"
+        f"{res.n_scribbled[1]} background voxels; working grid: {grid}; {res.seconds['total']:.1f} s"
     )
+
+
+def parse_downsample(text: str) -> int | tuple[int, int, int] | None:
+    """``--downsample``: 'auto' -> None, '2' -> 2, '1,2,2' -> (1, 2, 2) (z, y, x); factors >= 1."""
+    t = text.strip().lower()
+    if t == "auto":
+        return None
+    try:
+        vals = [int(v) for v in t.replace(" ", "").split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) not in (1, 3) or min(vals) < 1:
+        raise InputError(f"--downsample must be 'auto', one integer >= 1 or Z,Y,X integers >= 1, got {text!r}")
+    return vals[0] if len(vals) == 1 else (vals[0], vals[1], vals[2])
 
 
 @handle_errors

@@ -10,6 +10,7 @@ import importlib.resources
 import os
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -302,3 +303,130 @@ def test_open_viewer_loads_the_roi_and_scribbles(viewer, tmp_path):
             roi_vox="4:20,0:48,0:64",
             viewer=viewer,
         )
+
+
+# --------------------------------------------------------------------------- suggested boxes
+
+
+def suggestion_world(tmp_path):
+    """The spheres as an OME-Zarr raw (8 x 4 x 4 nm, offset 16 nm in z), a prediction uncertain
+    around each sphere (more around the first), and `organet suggest` boxes of 16 x 24 x 24 voxels."""
+    from organet.annotate.suggest import suggest
+    from organet.volumes import write_ome_zarr
+    from organet.volumes.foreground import probability_to_uint8
+
+    raw, s1, s2 = spheres()
+    vs, off = (8.0, 4.0, 4.0), (16.0, 0.0, 0.0)
+    prob = np.where(s1 | s2, 0.97, 0.03)
+    prob[4:20, 6:30, 0:24] = 0.5
+    prob[4:20, 24:48, 40:64] = 0.4  # the second box touches the volume's far y and x faces
+    with write_ome_zarr(tmp_path / "raw.zarr") as w:
+        w.create_image(None, raw.shape, np.uint8, vs, off, (8, 16, 16)).write(..., raw)
+    u = probability_to_uint8(prob)
+    with write_ome_zarr(tmp_path / "pred.zarr") as w:
+        w.create_image("probability", u.shape, np.uint8, vs, off, (8, 16, 16), {"kind": "probability"}).write(..., u)
+    res = suggest([str(tmp_path / "pred.zarr")], tmp_path / "where", box_nm=(128, 96, 96), k=2)
+    return raw, s1, s2, res
+
+
+def last_error() -> str:
+    from napari.utils.notifications import notification_manager
+
+    return str(notification_manager.records[-1].message)
+
+
+def test_widget_annotates_a_suggested_box_into_the_annotation_set(viewer, qapp, tmp_path):
+    import pandas as pd
+
+    from organet.annotate.boxes import annotated_rois
+    from organet.annotate.scribbles import simulate_scribbles
+
+    raw, s1, s2, res = suggestion_world(tmp_path)
+    b1, b2 = res.boxes
+    assert b2.roi.offset == (4, 24, 40) and b2.roi.end == (20, 48, 64)
+    out = tmp_path / "labels.zarr"
+    _, w = nw.open_viewer(
+        str(tmp_path / "raw.zarr"), output=str(out), suggestions=str(tmp_path / "where"), viewer=viewer
+    )
+    unc = viewer.layers["uncertainty"]
+    assert tuple(unc.scale) == (8.0, 4.0, 4.0) and tuple(unc.translate) == (16.0, 0.0, 0.0)
+    assert unc.blending == "additive" and unc.data.shape == raw.shape and unc.data.max() == 255
+    shapes = viewer.layers["boxes"]
+    csv = pd.read_csv(tmp_path / "where" / "boxes_napari.csv")  # the same rectangles as the CSV
+    for i, verts in enumerate(shapes.data):
+        np.testing.assert_allclose(verts, csv[csv["index"] == i][["axis-0", "axis-1", "axis-2"]].to_numpy())
+    assert list(shapes.features["rank"]) == [1, 2]
+    assert viewer.layers[-1].name == "scribbles" and w.image.value == "raw.zarr"
+    assert list(w.box.choices) == [0, 1, 2]
+
+    w.select_box(2)
+    assert w.box.current_choice == f"2 (score {b2.score:.3f})"
+    zm = (4 + 20 - 1) // 2
+    assert viewer.dims.point[0] == pytest.approx(16.0 + zm * 8.0)  # the box's middle plane
+    np.testing.assert_allclose(viewer.camera.center, (16.0 + zm * 8.0, (24 + 47) / 2 * 4.0, (40 + 63) / 2 * 4.0))
+    # scribbles of a simulated annotator in box 2, and strokes elsewhere that the box cut must ignore
+    scrib = np.zeros(raw.shape, np.uint8)
+    sl = b2.roi.slices()
+    scrib[sl] = simulate_scribbles(s2[sl], [4, 8, 11], strokes_per_object=2, background_strokes=6, length=9, margin=1)
+    scrib[12, 14:19, 12:21] = 1
+    scrib[12, 4, 6:28] = 2
+    viewer.layers["scribbles"].data = scrib
+    w.smoothness.value, w.contrast_sigma.value, w.scales.value = 10.0, 0.1, "1, 2"
+    w.trees.value, w.autocontext.value = 16, 1
+    assert w.run() is not None
+    _wait(w, qapp)
+    gc = viewer.layers["graphcut"].data
+    assert w.last.box == sl and not gc[s1].any()
+    ref = segment_from_scribbles(raw[sl], scrib[sl], replace(PARAMS, voxel_size=(8.0, 4.0, 4.0)))
+    assert (gc[sl] == ref.labels).all() and gc.sum() == ref.labels.sum()  # that box only
+    assert iou(gc.astype(bool), s2) >= 0.85
+
+    assert w.save() == f"{out}/labels"
+    lab = open_volume(out / "labels")
+    assert lab.shape == raw.shape and lab.voxel_size == (8.0, 4.0, 4.0) and lab.offset == (16.0, 0.0, 0.0)
+    assert (lab.read() == gc).all()  # the box's labels at the box, 0 elsewhere
+    (rec,) = annotated_rois(out)
+    assert rec["roi_vox"] == b2.roi_vox and rec["rank"] == 2 and rec["source"] == str((tmp_path / "where").absolute())
+    assert (open_volume(out / "scribbles").read()[sl] == scrib[sl]).all()
+    assert w.save() is None and "already annotated" in last_error()  # replacing needs overwrite
+    w.overwrite.value = True
+    assert w.save() == f"{out}/labels" and len(annotated_rois(out)) == 1
+    w.select_box(1)
+    assert w.save() is None and "run the graph cut on it first" in last_error()
+    w.select_box(0)
+    assert w.save() is None and "is an annotation set" in last_error()  # the plain save never replaces one
+    # reopened on the annotation set: its scribbles come back
+    from napari.components import ViewerModel
+
+    again = ViewerModel()
+    nw.open_viewer(str(tmp_path / "raw.zarr"), output=str(out), suggestions=str(tmp_path / "where"), viewer=again)
+    assert (again.layers["scribbles"].data[sl] == scrib[sl]).all() and not again.layers["scribbles"].data[s1].any()
+    assert len(annotated_rois(out)) == 1 and (open_volume(out / "labels").read() == gc).all()
+
+
+def test_cli_napari_with_suggestions_refuses_an_roi_and_another_grid(tmp_path):
+    _need_napari()
+    raw, _, _, _ = suggestion_world(tmp_path)
+    where = str(tmp_path / "where")
+    r = runner.invoke(
+        app, ["annotate", "napari", "--raw", str(tmp_path / "raw.zarr"), "--suggestions", where, "--roi-vox", "0:4,:,:"]
+    )
+    assert r.exit_code == 2 and "exclude each other" in r.output, r.output
+    tifffile.imwrite(tmp_path / "small.tif", raw[:, :40])
+    r = runner.invoke(
+        app,
+        [
+            "annotate",
+            "napari",
+            "--raw",
+            str(tmp_path / "small.tif"),
+            "--voxel-size",
+            "8",
+            "4",
+            "4",
+            "--suggestions",
+            where,
+        ],
+    )
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "is for shape (24, 48, 64) voxels" in r.output, r.output

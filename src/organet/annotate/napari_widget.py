@@ -8,6 +8,13 @@ and processed; outside it the result is 0. Corrections: paint more and run again
 ``Save`` writes ``labels`` and ``scribbles`` as OME-Zarr with the image layer's
 ``scale`` as voxel size and its ``translate`` as offset (both nm, axis order z, y, x).
 
+With a suggestion folder of ``organet suggest`` (:func:`open_viewer` ``suggestions``, or
+the widget's ``load_suggestions``) the viewer also shows the uncertainty map and the boxes,
+and the widget gets a box selector: a selected box moves the view to its middle plane,
+the cut runs on exactly that box, and ``Save`` writes the box into the annotation set
+(:func:`organet.annotate.boxes.write_box_labels`, the same as ``organet annotate
+graphcut --box``; ``overwrite`` there means replacing an annotated box's labels).
+
 Everything above the GUI section is plain NumPy (tested without napari). napari and
 magicgui are imported only when the widget class is first used: the module itself
 imports without them (``pip install 'organet[napari]'`` adds them).
@@ -15,6 +22,7 @@ imports without them (``pip install 'organet[napari]'`` adds them).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,12 +31,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from organet.annotate.boxes import (
+    LABELS,
+    SCRIBBLES,
+    Suggestions,
+    check_grid,
+    finetune_command,
+    is_annotation_set,
+    read_set_attrs,
+    read_suggestions,
+    write_box_labels,
+)
 from organet.annotate.graphcut import (
     AnnotationError,
     GraphCutParams,
     GraphCutResult,
     segment_from_scribbles,
 )
+from organet.annotate.suggest import Box as SuggestedBox
+from organet.annotate.suggest import napari_rows
+from organet.volumes import Roi, Volume, open_volume
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -36,6 +58,8 @@ if TYPE_CHECKING:  # pragma: no cover
 NAPARI_MISSING = "napari is not installed: pip install 'organet[napari]'"
 SCRIBBLES_LAYER = "scribbles"
 GRAPHCUT_LAYER = "graphcut"
+UNCERTAINTY_LAYER = "uncertainty"
+BOXES_LAYER = "boxes"
 DEFAULT_MARGIN = 32  # voxels added around the scribbles' bounding box, per side
 
 Box = tuple[slice, slice, slice]
@@ -119,13 +143,19 @@ class LayerCut:
     result: GraphCutResult  # on the box only (labels, probability, timings)
     seconds: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
+    scribbles: np.ndarray | None = None  # the box's scribbles the cut was run from
 
 
 def prepare_cut(
-    image: Any, scribbles: Any, margin: int | Sequence[int] = DEFAULT_MARGIN, crop_to_scribbles: bool = True
+    image: Any,
+    scribbles: Any,
+    margin: int | Sequence[int] = DEFAULT_MARGIN,
+    crop_to_scribbles: bool = True,
+    box: Box | None = None,
 ) -> CutJob:
-    """Check layer data and choose the box: the scribbles' bounding box plus ``margin`` voxels
-    (``crop_to_scribbles``), else the whole volume. ``image`` and ``scribbles``: (z, y, x)."""
+    """Check layer data and choose the box: ``box`` (voxels of the layer) when given, else the
+    scribbles' bounding box plus ``margin`` voxels (``crop_to_scribbles``), else the whole
+    volume. ``image`` and ``scribbles``: (z, y, x)."""
     dims = tuple(int(n) for n in np.shape(image))
     if len(dims) != 3:
         raise AnnotationError(f"the graph cut needs a 3-D (z, y, x) image layer; this one has shape {dims}")
@@ -133,9 +163,17 @@ def prepare_cut(
     s = np.asarray(scribbles)
     if s.shape != shape:
         raise AnnotationError(f"the scribbles layer has shape {s.shape} but the image has {shape} (z, y, x)")
-    box = scribble_box(s, margin) if crop_to_scribbles else full_box(shape)
-    if not crop_to_scribbles and not s.any():
-        raise AnnotationError("no scribbles: paint 1 (object) and 2 (background) in the 'scribbles' layer")
+    if box is not None:
+        if any(b.start < 0 or b.stop > n or b.stop <= b.start for b, n in zip(box, shape)):
+            raise AnnotationError(f"box {box_str(box)} lies outside the image of shape {shape} (z, y, x)")
+        if not s[box].any():
+            raise AnnotationError(f"no scribbles in box {box_str(box)}: paint 1 (object) and 2 (background) inside it")
+    elif crop_to_scribbles:
+        box = scribble_box(s, margin)
+    else:
+        box = full_box(shape)
+        if not s.any():
+            raise AnnotationError("no scribbles: paint 1 (object) and 2 (background) in the 'scribbles' layer")
     return CutJob(image, np.array(s[box], copy=True), box, shape)
 
 
@@ -148,7 +186,7 @@ def run_cut(job: CutJob, params: GraphCutParams | None = None, log: Callable[[st
     raw = crop(job.image, job.box)
     res = segment_from_scribbles(raw, job.scribbles, p, log)
     labels = paste(np.zeros(job.shape, np.uint8), job.box, res.labels)
-    return LayerCut(labels, job.box, res, time.perf_counter() - t0, p.record())
+    return LayerCut(labels, job.box, res, time.perf_counter() - t0, p.record(), job.scribbles)
 
 
 def graphcut_layers(
@@ -161,6 +199,52 @@ def graphcut_layers(
 ) -> LayerCut:
     """Layer data in, full-size labels out: :func:`prepare_cut` then :func:`run_cut`."""
     return run_cut(prepare_cut(image, scribbles, margin, crop_to_scribbles), params, log)
+
+
+def layer_box(
+    roi: Roi,
+    voxel_size: Sequence[float],
+    offset: Sequence[float],
+    scale: Sequence[float],
+    translate: Sequence[float],
+    shape: Sequence[int],
+) -> Box:
+    """A box (voxels of a volume of ``voxel_size``/``offset``, nm) as slices of a layer with
+    ``scale``/``translate`` (nm) and ``shape`` (all z, y, x); the layer must lie on the same
+    grid (e.g. the whole volume, or an ROI of it) and hold the box."""
+    vs, sc = [float(v) for v in voxel_size], voxel_size_of(scale)
+    tr = [float(t) for t in translate][-3:]
+    if not all(abs(a - b) <= 1e-3 * b for a, b in zip(sc, vs)):
+        raise AnnotationError(f"the image layer's scale {tuple(sc)} nm is not the boxes' voxel size {tuple(vs)} nm")
+    shift = [(o - t) / v for o, t, v in zip(offset, tr, vs)]
+    if any(abs(d - round(d)) > 1e-3 for d in shift):
+        raise AnnotationError(f"the image layer (translate {tuple(tr)} nm) is not on the boxes' voxel grid")
+    lo = [b + round(d) for b, d in zip(roi.offset, shift)]
+    box = tuple(slice(a, a + n) for a, n in zip(lo, roi.shape))
+    if any(a < 0 or a + n > int(m) for a, n, m in zip(lo, roi.shape, shape)):
+        raise AnnotationError(f"box {roi} lies outside the image layer of shape {tuple(shape)} (z, y, x)")
+    return box[0], box[1], box[2]
+
+
+def box_shapes(boxes: Sequence[SuggestedBox], voxel_size: Sequence[float], offset: Sequence[float]) -> list[np.ndarray]:
+    """The boxes as napari rectangles (4 vertices, world nm, z y x) on their middle z plane,
+    the shapes of ``boxes_napari.csv`` (:func:`organet.annotate.suggest.napari_rows`)."""
+    rows = napari_rows(boxes, voxel_size, offset)
+    return [
+        np.array([[r["axis-0"], r["axis-1"], r["axis-2"]] for r in rows if r["index"] == i], float)
+        for i in range(len(boxes))
+    ]
+
+
+def box_view(box: SuggestedBox, voxel_size: Sequence[float], offset: Sequence[float]) -> tuple[float, float, float]:
+    """World point (nm, z y x) to look at a box: its middle z plane (the plane of its
+    rectangle) and the centre of its y and x extent."""
+    (z0, y0, x0), (z1, y1, x1) = box.roi.offset, box.roi.end
+    return (
+        float(offset[0]) + ((z0 + z1 - 1) // 2) * float(voxel_size[0]),
+        float(offset[1]) + (y0 + y1 - 1) / 2 * float(voxel_size[1]),
+        float(offset[2]) + (x0 + x1 - 1) / 2 * float(voxel_size[2]),
+    )
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -278,6 +362,8 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
             self.viewer = napari_viewer  # a napari.Viewer, or a ViewerModel (no window) in tests
             self.last: LayerCut | None = None
             self.worker: Any = None
+            self.suggestions: Suggestions | None = None  # with load_suggestions: its boxes, and
+            self.raw: Volume | None = None  # the raw volume they are voxels of
             self.image = ComboBox(label="image", choices=self._image_choices, tooltip="3-D image layer (z, y, x)")
             self.new_scribbles = PushButton(text="Scribbles layer (1 object, 2 background)")
             self.smoothness = FloatSpinBox(
@@ -325,6 +411,13 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
                 tooltip="drop unscribbled objects smaller than this (working-grid voxels)",
             )
             self.jobs = SpinBox(value=1, min=1, max=64, label="threads")
+            self.box = ComboBox(
+                label="box",
+                choices=self._box_choices,
+                tooltip="a box of `organet suggest` (rank, score): the cut runs on exactly that box and Save "
+                "adds it to the annotation set",
+                visible=False,
+            )
             self.crop_box = CheckBox(value=True, text="only the scribbles' box + margin")
             self.margin = SpinBox(value=DEFAULT_MARGIN, min=0, max=100_000, label="margin (voxels)")
             self.run_button = PushButton(text="Run graph cut")
@@ -348,6 +441,7 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
                     self.fill_holes,
                     self.min_size,
                     self.jobs,
+                    self.box,
                     self.crop_box,
                     self.margin,
                     self.run_button,
@@ -360,6 +454,7 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
             self.new_scribbles.changed.connect(self.ensure_scribbles)
             self.run_button.changed.connect(self.run)
             self.save_button.changed.connect(self.save)
+            self.box.changed.connect(self._box_changed)
             for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
                 ev.connect(self._layers_changed)
             self.image.reset_choices()
@@ -416,6 +511,75 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
                 n_jobs=int(self.jobs.value),
             )
 
+        # -- suggested boxes
+        def _box_choices(self, _widget: Any = None) -> list[tuple[str, int]]:
+            choices = [("none (the scribbles' box)", 0)]
+            if self.suggestions is not None:
+                choices += [(f"{b.rank} (score {b.score:.3f})", b.rank) for b in self.suggestions.boxes]
+            return choices
+
+        def load_suggestions(self, folder: str | Path, raw: Volume) -> None:
+            """Show the uncertainty map and the boxes of the suggestion folder ``folder`` (of
+            ``raw``, whose path Save records) and offer its boxes in the box selector."""
+            sug = read_suggestions(folder)
+            check_grid(raw, sug)
+            unc = open_volume(sug.uncertainty)
+            self.viewer.add_image(
+                unc.read(),
+                name=UNCERTAINTY_LAYER,
+                scale=sug.voxel_size,
+                translate=sug.offset,
+                colormap="magma",
+                blending="additive",
+                opacity=0.6,
+                contrast_limits=(0, 255),
+            )
+            shapes = box_shapes(sug.boxes, sug.voxel_size, sug.offset)
+            if shapes:
+                self.viewer.add_shapes(
+                    shapes,
+                    shape_type="rectangle",
+                    name=BOXES_LAYER,
+                    edge_color="yellow",
+                    face_color="transparent",
+                    edge_width=2 * min(sug.voxel_size[1:]),
+                    features={"rank": [b.rank for b in sug.boxes], "score": [b.score for b in sug.boxes]},
+                    text={"string": "{rank}", "color": "yellow", "anchor": "upper_left"},
+                )
+            if SCRIBBLES_LAYER in self.viewer.layers:  # scribbles stay on top
+                lay = self.viewer.layers[SCRIBBLES_LAYER]
+                self.viewer.layers.move(self.viewer.layers.index(lay), len(self.viewer.layers))
+                self.viewer.layers.selection.active = lay
+            self.suggestions, self.raw = sug, raw
+            self.box.visible = True
+            self.box.reset_choices()
+
+        def selected_box(self) -> SuggestedBox | None:
+            """The box chosen in the selector (None: no box)."""
+            rank = int(self.box.value or 0)
+            return self.suggestions.box(rank) if self.suggestions is not None and rank else None
+
+        def select_box(self, rank: int) -> None:
+            """Choose box ``rank`` (0: none), as the selector does."""
+            self.box.value = int(rank)
+
+        def _box_changed(self, _value: Any = None) -> None:
+            b = self.selected_box()
+            if b is None or self.suggestions is None:
+                return
+            z, y, x = box_view(b, self.suggestions.voxel_size, self.suggestions.offset)
+            self.viewer.dims.set_point(self.viewer.dims.ndim - 3, z)
+            self.viewer.camera.center = (z, y, x)
+            self.status.value = f"box {b.rank} ({b.roi_vox}): scribble inside it, then run"
+
+        def _layer_box(self, img: Image) -> Box | None:
+            b = self.selected_box()
+            if b is None or self.suggestions is None:
+                return None
+            shape = tuple(self.image_data(img).shape)
+            sug = self.suggestions
+            return layer_box(b.roi, sug.voxel_size, sug.offset, img.scale, img.translate, shape)
+
         # -- run
         def run(self, _value: Any = None) -> Any:
             """Start the cut in a worker thread; returns the worker (None on bad input)."""
@@ -426,13 +590,17 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
                 img = self.image_layer()
                 if SCRIBBLES_LAYER not in self.viewer.layers:
                     raise AnnotationError("no 'scribbles' layer: press the scribbles button and paint first")
+                box = self._layer_box(img)
                 job = prepare_cut(
                     self.image_data(img),
                     self.viewer.layers[SCRIBBLES_LAYER].data,
                     int(self.margin.value),
                     bool(self.crop_box.value),
+                    box,
                 )
                 params = self.params()
+                if box is not None and self.suggestions is not None:  # as organet annotate graphcut --box
+                    params = dataclasses.replace(params, voxel_size=self.suggestions.voxel_size)
             except (AnnotationError, ValueError) as e:
                 show_error(str(e))
                 return None
@@ -475,7 +643,10 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
 
         # -- save
         def save(self, _value: Any = None) -> str | None:
-            """Write ``graphcut`` (and ``scribbles``) to the chosen OME-Zarr; returns ``path/labels``."""
+            """Write ``graphcut`` (and ``scribbles``) to the chosen OME-Zarr; returns ``path/labels``.
+            With a box selected: add the box to the annotation set at that path instead."""
+            if self.selected_box() is not None:
+                return self.save_box()
             try:
                 if GRAPHCUT_LAYER not in self.viewer.layers:
                     raise AnnotationError("nothing to save: run the graph cut first")
@@ -487,12 +658,46 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
                 if self.last is not None:
                     attrs.update(graphcut=self.last.params, box_vox=box_str(self.last.box))
                 path = str(self.output.value)
+                if is_annotation_set(path):
+                    raise AnnotationError(
+                        f"{path} is an annotation set of boxes: choose a box to add to it, or save elsewhere"
+                    )
                 out = save_mask(path, lab.data, lab.scale, lab.translate, scrib, bool(self.overwrite.value), attrs)
             except (AnnotationError, ValueError, OSError) as e:
                 show_error(str(e))
                 return None
             self.status.value = f"saved {out}"
             show_info(f"saved {out}")
+            return out
+
+        def save_box(self) -> str | None:
+            """Write the last cut of the selected box into the annotation set at the chosen path
+            (:func:`~organet.annotate.boxes.write_box_labels`); returns ``path/labels``."""
+            try:
+                b, sug, raw = self.selected_box(), self.suggestions, self.raw
+                if b is None or sug is None or raw is None:
+                    raise AnnotationError("choose a box first")
+                box = self._layer_box(self.image_layer())
+                if self.last is None or self.last.box != box or self.last.scribbles is None:
+                    raise AnnotationError(f"nothing to save for box {b.rank}: run the graph cut on it first")
+                path = Path(str(self.output.value))
+                written = write_box_labels(
+                    path,
+                    raw,
+                    b.roi,
+                    self.last.result.labels,
+                    scribbles=self.last.scribbles,
+                    rank=b.rank,
+                    source=sug.folder,
+                    replace=bool(self.overwrite.value),
+                    extra={"graphcut": self.last.params, "annotator": "organet napari widget"},
+                )
+            except (AnnotationError, ValueError, OSError) as e:
+                show_error(str(e))
+                return None
+            out = f"{path}/{LABELS}"
+            self.status.value = f"saved box {b.rank} into {out}; annotated boxes: {' '.join(written.rois)}"
+            show_info(f"saved box {b.rank} into {out}\nfine-tune with: {finetune_command(path)}")
             return out
 
     return GraphCutWidget
@@ -521,10 +726,16 @@ def open_viewer(
     roi_vox: str | None = None,
     show: bool = True,
     viewer: Any = None,
+    suggestions: str | None = None,
 ) -> tuple[Any, Any]:
     """Open ``raw`` (only ``roi_vox``, into memory) in a napari viewer with scale = voxel size
     and translate = offset (nm, z y x), optional ``scribbles`` (same shape as raw or as the ROI;
     e.g. ``out.zarr/scribbles`` from Save), and the widget docked. Returns (viewer, widget).
+
+    ``suggestions``: an ``organet suggest`` folder of this raw (whole volume, no ``roi_vox``):
+    its uncertainty map and boxes are shown and offered in the widget's box selector;
+    ``output`` is then the annotation set, whose scribbles are loaded when it exists and no
+    ``scribbles`` are given.
 
     ``viewer``: add to this viewer instead of a new ``napari.Viewer``; a
     ``napari.components.ViewerModel`` (no window, no OpenGL) gets the layers and the widget
@@ -532,10 +743,18 @@ def open_viewer(
     require_napari()
     import napari
 
-    from organet.volumes import open_volume, parse_roi
+    from organet.volumes import parse_roi
 
+    if suggestions and roi_vox:
+        raise AnnotationError("--suggestions and --roi-vox exclude each other: the boxes are voxels of the whole raw")
     r = open_volume(raw, voxel_size=voxel_size)
     roi = parse_roi(roi_vox, "vox", r) if roi_vox else r.roi
+    sug = read_suggestions(suggestions) if suggestions else None
+    if sug is not None:
+        check_grid(r, sug)
+        if not scribbles and output and (Path(output) / SCRIBBLES).is_dir():
+            read_set_attrs(output)  # an annotation set: continue from its scribbles
+            scribbles = str(Path(output) / SCRIBBLES)
     data = r.read(roi)
     translate = tuple(o + i * v for o, i, v in zip(r.offset, roi.offset, r.voxel_size))
     scrib = None
@@ -563,6 +782,10 @@ def open_viewer(
     widget = _widget_class()(viewer)
     if output:
         widget.output.value = output
+    elif sug is not None:
+        widget.output.value = Path("labels.zarr")
+    if sug is not None:
+        widget.load_suggestions(sug.folder, r)
     window = getattr(viewer, "window", None)
     if window is not None:
         window.add_dock_widget(widget, name="organet graph cut", area="right")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 
 from organet.cli.errors import handle_errors
-from organet.cli.options import Overwrite, VoxelSize
+from organet.cli.options import VoxelSize
 from organet.cli.output import err_console, say
 from organet.errors import InputError, VolumeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from organet.annotate.graphcut import GraphCutParams
+    from organet.volumes import Volume
 
 
 @handle_errors
@@ -24,9 +28,25 @@ def graphcut(
             "label export with --object-ids/--background-ids)",
         ),
     ],
-    output: Annotated[str, typer.Option("--output", "-o", help="output OME-Zarr: labels (0/1) and probability")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="output OME-Zarr: labels (0/1) and probability; with --box the annotation set LABELS.zarr "
+            "(created by the first box, each further box added to it)",
+        ),
+    ],
     roi_vox: Annotated[
         str | None, typer.Option("--roi-vox", help="ROI in voxels: z0:z1,y0:y1,x0:x1 (only it is read)")
+    ] = None,
+    box: Annotated[
+        str | None,
+        typer.Option(
+            "--box",
+            help="DIR:RANK: cut inside box RANK of the `organet suggest` folder DIR and write it into the "
+            "annotation set --output (instead of --roi-vox); scribbles of the raw's or of the box's shape",
+        ),
     ] = None,
     object_ids: Annotated[
         list[int] | None, typer.Option("--object-ids", help="label values meaning object (imported label volumes)")
@@ -66,22 +86,29 @@ def graphcut(
     jobs: Annotated[int, typer.Option(help="CPU threads for the forest")] = 1,
     seed: Annotated[int, typer.Option(help="random-forest seed")] = 0,
     voxel_size: VoxelSize = None,
-    overwrite: Overwrite = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="replace an existing output; with --box: replace the labels of an annotated box (the same box "
+            "again, or where the new box overlaps one with other labels); other boxes are kept",
+        ),
+    ] = False,
 ) -> None:
-    """Ground truth from sparse scribbles: random forest on multi-scale features + graph cut."""
+    """Ground truth from sparse scribbles: random forest on multi-scale features + graph cut.
+
+    With --box DIR:RANK the cut runs inside a box of `organet suggest` and the labels go into one annotation set
+    (LABELS.zarr/labels on the raw's grid, 0 outside the boxes, the boxes listed in its attributes); the command
+    prints the `organet finetune` arguments for all annotated boxes.
+    """
+    from organet.annotate.boxes import is_annotation_set
     from organet.annotate.graphcut import DEFAULT_SCALES, GraphCutParams, graphcut_volume, scribbles_from_labels
     from organet.volumes import Volume, open_volume, parse_roi
 
+    if box is not None and roi_vox is not None:
+        raise InputError("give either --box DIR:RANK or --roi-vox, not both")
     r = open_volume(raw, voxel_size=voxel_size)
     s = open_volume(scribbles, voxel_size=voxel_size or r.voxel_size)
-    roi = parse_roi(roi_vox, "vox", r) if roi_vox else None
-    if object_ids or background_ids:
-        # an imported label volume: map ids to scribbles over the ROI only
-        rr = roi if roi is not None else r.roi
-        if tuple(s.shape) != tuple(r.shape):
-            raise VolumeError(f"labels {s.path} have shape {tuple(s.shape)} but raw has {tuple(r.shape)}")
-        mapped = scribbles_from_labels(s.read(rr), object_ids or (1,), background_ids or (2,))
-        s = Volume(_Placed(mapped, rr, r.shape), r.voxel_size, r.offset, path=f"{s.path} (imported)")
     params = GraphCutParams(
         downsample=parse_downsample(downsample),
         max_working_voxels=max_working_voxels,
@@ -96,6 +123,21 @@ def graphcut(
         seed=seed,
         n_jobs=jobs,
     )
+    if box is not None:
+        _graphcut_box(r, s, scribbles, box, output, params, object_ids, background_ids, overwrite)
+        return
+    if is_annotation_set(output):
+        raise InputError(
+            f"{output} is an annotation set of boxes; add a box to it with --box DIR:RANK, or give another --output"
+        )
+    roi = parse_roi(roi_vox, "vox", r) if roi_vox else None
+    if object_ids or background_ids:
+        # an imported label volume: map ids to scribbles over the ROI only
+        rr = roi if roi is not None else r.roi
+        if tuple(s.shape) != tuple(r.shape):
+            raise VolumeError(f"labels {s.path} have shape {tuple(s.shape)} but raw has {tuple(r.shape)}")
+        mapped = scribbles_from_labels(s.read(rr), object_ids or (1,), background_ids or (2,))
+        s = Volume(_Placed(mapped, rr, r.shape), r.voxel_size, r.offset, path=f"{s.path} (imported)")
     res = graphcut_volume(
         r,
         s,
@@ -111,6 +153,60 @@ def graphcut(
         f"wrote {output}: {100 * frac:.1f} % object; scribbled {res.n_scribbled[0]} object / "
         f"{res.n_scribbled[1]} background voxels; working grid: {grid}; {res.seconds['total']:.1f} s"
     )
+
+
+def _graphcut_box(
+    r: Volume,
+    s: Volume,
+    scribbles_path: str,
+    box: str,
+    output: str,
+    params: GraphCutParams,
+    object_ids: list[int] | None,
+    background_ids: list[int] | None,
+    overwrite: bool,
+) -> None:
+    """``graphcut --box DIR:RANK``: the cut inside that box, written into the annotation set ``output``."""
+    from organet.annotate.boxes import annotate_box, check_grid, finetune_command, parse_box, read_suggestions
+    from organet.annotate.graphcut import scribbles_from_labels
+
+    folder, rank = parse_box(box)
+    sug = read_suggestions(folder)
+    check_grid(r, sug)
+    roi = sug.box(rank).roi
+    if tuple(s.shape) == tuple(r.shape):
+        scrib = s.read(roi)
+    elif tuple(s.shape) == tuple(roi.shape):
+        scrib = s.read()
+    else:
+        raise VolumeError(
+            f"scribbles {s.path} have shape {tuple(s.shape)}; expected the raw's {tuple(r.shape)} or box {rank}'s "
+            f"{tuple(roi.shape)} (z, y, x)"
+        )
+    if object_ids or background_ids:
+        scrib = scribbles_from_labels(scrib, object_ids or (1,), background_ids or (2,))
+    res, written = annotate_box(
+        r,
+        scrib,
+        output,
+        roi,
+        params=params,
+        rank=rank,
+        source=folder,
+        scribbles_source=scribbles_path,
+        replace=overwrite,
+        log=lambda m: err_console.print(m, markup=False, highlight=False),
+    )
+    grid = res.working_grid.describe() if res.working_grid else "?"
+    changed = f"; replaced the labels of {', '.join(written.replaced)}" if written.replaced else ""
+    say(
+        f"wrote box {rank} of {folder} ({written.record['roi_vox']}) into {output}/labels: "
+        f"{100 * float(res.labels.mean()):.1f} % object; scribbled {res.n_scribbled[0]} object / "
+        f"{res.n_scribbled[1]} background voxels; working grid: {grid}; {res.seconds['total']:.1f} s{changed}"
+    )
+    say(f"annotated boxes in {output} ({len(written.rois)}): {' '.join(written.rois)}")
+    say("fine-tune on them:")
+    say(f"  {finetune_command(output)}")
 
 
 def parse_downsample(text: str) -> int | tuple[int, int, int] | None:
@@ -138,11 +234,25 @@ def napari(
         ),
     ] = None,
     output: Annotated[
-        str | None, typer.Option("--output", "-o", help="default path of the widget's Save (OME-Zarr)")
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="default path of the widget's Save (OME-Zarr); with --suggestions the annotation set the boxes "
+            "are saved into (default labels.zarr; its scribbles are loaded when it exists)",
+        ),
     ] = None,
     roi_vox: Annotated[
         str | None,
         typer.Option("--roi-vox", help="load only this ROI in voxels: z0:z1,y0:y1,x0:x1 (it is held in memory)"),
+    ] = None,
+    suggestions: Annotated[
+        str | None,
+        typer.Option(
+            "--suggestions",
+            help="an `organet suggest` folder of this raw: show its uncertainty map and boxes; the widget's box "
+            "selector restricts the cut to a box and Save adds the box to --output",
+        ),
     ] = None,
     voxel_size: VoxelSize = None,
 ) -> None:
@@ -156,7 +266,7 @@ def napari(
     import napari
 
     try:
-        open_viewer(raw, scribbles, output=output, voxel_size=voxel_size, roi_vox=roi_vox)
+        open_viewer(raw, scribbles, output=output, voxel_size=voxel_size, roi_vox=roi_vox, suggestions=suggestions)
     except ImportError as e:  # e.g. no Qt binding
         raise InputError(
             f"napari could not start: {e} (a Qt backend comes with pip install 'organet[napari]')"

@@ -122,9 +122,10 @@ def open_roi_volumes(
     With ``voxel_size`` (nm, z, y, x) other than the data's, raw, labels and mask are
     returned as :class:`~organet.volumes.resample.ResampledVolume` views at that voxel
     size (raw with ``raw_mode``, labels with ``label_mode``, the sample mask with
-    ``majority``) and the ROI as the voxels of the new grid that lie wholly inside it (so
-    resampled labels are those of the annotated ROI: a voxel's majority is decided inside
-    it). The source labels of the ROI are checked to be binary first.
+    ``nearest``, so the foreground rule reads it as stored) and the ROI as the voxels of
+    the new grid that lie wholly inside it (so resampled labels are those of the annotated
+    ROI: a voxel's majority is decided inside it). The source labels of the ROI are checked
+    to be binary first.
     """
     raw = open_volume(spec.raw, voxel_size=spec.voxel_size)
     labels = open_volume(spec.labels, voxel_size=spec.voxel_size or raw.voxel_size)
@@ -154,17 +155,17 @@ def open_roi_volumes(
     views = (
         ResampledVolume(raw, voxel_size, raw_mode),
         ResampledVolume(labels, voxel_size, label_mode),
-        ResampledVolume(mask, voxel_size, "majority") if mask is not None else None,
+        ResampledVolume(mask, voxel_size, "nearest") if mask is not None else None,  # keeps values and kind
     )
     return (*views, Roi(lo, [b - a for a, b in zip(lo, hi)]))
 
 
-def resampling_record(raw: Any, roi: Roi, raw_mode: str, label_mode: str) -> dict[str, Any] | None:
+def resampling_record(raw: Any, roi: Roi, raw_mode: ResampleMode, label_mode: str) -> dict[str, Any] | None:
     """What a run records about an ROI read through resampled views (None: read as stored)."""
     if not isinstance(raw, ResampledVolume):
         return None
     return {
-        **raw.map.describe(raw_mode),  # type: ignore[arg-type]
+        **raw.map.describe(raw_mode),
         "labels": label_mode,
         "roi_vox": str(roi),
     }

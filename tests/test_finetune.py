@@ -125,6 +125,7 @@ def test_original_data_of_released_checkpoints_is_not_guessed(setup, tmp_path):
     [
         (["--mix", "1.5"], "--mix must be in [0, 1)"),
         (["--mix-raw", "x.zarr"], "give both --mix-raw and --mix-labels"),
+        (["--mix-raw", "x.zarr", "--mix-labels", "y.zarr"], "but --mix is 0"),
         (["--iterations", "0"], "training.iterations"),
     ],
 )

@@ -92,6 +92,8 @@ def finetune_config(
         raise InputError(f"--mix must be in [0, 1) (share of blocks from the original data), got {mix}")
     if iterations is None and minutes is None:
         raise InputError("give a budget: --minutes or --iterations")
+    if old and mix == 0:
+        raise InputError("original data given (--mix-raw/--mix-labels) but --mix is 0: give the share of blocks")
     old = list(old) if old else (original_training_rois(ckpt) if mix > 0 else [])
     if mix > 0 and not old:
         raise InputError(
@@ -136,7 +138,7 @@ def finetune_config(
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValueError as e:
-        raise ConfigError(f"cannot fine-tune this checkpoint: {e}") from None
+        raise ConfigError(f"invalid fine-tuning settings: {e}") from None
     if cfg.model.architecture() != arch:
         raise ConfigError(
             f"the checkpoint's network ({arch}) cannot be expressed as a training config; fine-tune it in Python"

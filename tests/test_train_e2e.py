@@ -124,6 +124,14 @@ def test_non_binary_labels_and_shape_mismatch_are_clear_errors(data, tmp_path):
     cfg["data"]["train"][0]["labels"] = str(bad)
     with pytest.raises(ConfigError, match="not binary"):
         Trainer(parse_config(cfg), log=lambda s: None)
+    empty = tmp_path / "empty.zarr"
+    with write_ome_zarr(empty) as w:
+        w.create_image(None, (40, 64, 64), np.uint8, (5, 5, 5)).write(
+            (slice(None),) * 3, np.zeros((40, 64, 64), np.uint8)
+        )
+    cfg["data"]["train"][0]["labels"] = str(empty)
+    with pytest.raises(ConfigError, match=r"training labels \(train0\) contain no foreground"):
+        Trainer(parse_config(cfg), log=lambda s: None)
     small = tmp_path / "small.zarr"
     with write_ome_zarr(small) as w:
         w.create_image(None, (40, 64, 60), np.uint8, (5, 5, 5))

@@ -136,6 +136,12 @@ class Trainer:
                     f"{r.name}: {fmt_vec(m['source_voxel_size'])} nm resampled to {fmt_vec(m['voxel_size'])} nm "
                     f"(raw {'/'.join(m['modes'])}, labels {m['labels']}); ROI {m['roi_vox']} on the model grid"
                 )
+        if not any(r.labels.any() for r in self.train_rois):
+            names = ", ".join(r.name for r in self.train_rois)
+            raise ConfigError(
+                f"the training labels ({names}) contain no foreground: the network would learn to predict "
+                "background everywhere; annotate at least one region with the organelle"
+            )
         self.val_rois = [self._load_validation(s, i) for i, s in enumerate(cfg.data.validation)]
         self.sampler = BlockSampler(
             self.train_rois, self.out_shape, self.upstream, cfg.sampling, group_weights=cfg.data.group_weights

@@ -69,10 +69,24 @@ def downsample_block(a: np.ndarray, factor: Sequence[int], mode: Mode = "mean") 
             r = r >= 0.5
     if mode == "majority":
         return r.astype(a.dtype)
-    if np.issubdtype(a.dtype, np.integer):  # round half up (every integer mean in organet rounds this way)
-        info = np.iinfo(a.dtype)
-        r = np.clip(np.floor(r + 0.5), info.min, info.max)
+    if np.issubdtype(a.dtype, np.integer):
+        return _round_half_up(r, a.dtype)
     return r.astype(a.dtype)
+
+
+def _round_half_up(r: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``r`` rounded half up and clipped to the integer ``dtype`` (every integer mean in organet rounds this way)."""
+    info = np.iinfo(dtype)
+    return np.clip(np.floor(r + 0.5), info.min, info.max).astype(dtype)
+
+
+def _bounds(roi: Roi | tuple[slice, ...], shape: Sequence[int]) -> tuple[list[int], list[int]]:
+    """``[lo, hi)`` per axis of a read request (a Roi, or slices with open ends)."""
+    if isinstance(roi, Roi):
+        return list(roi.offset), list(roi.end)
+    return [0 if s.start is None else s.start for s in roi], [
+        n if s.stop is None else s.stop for s, n in zip(roi, shape)
+    ]
 
 
 def downsampled_geometry(
@@ -110,13 +124,7 @@ class DownsampledVolume:
         return Roi((0, 0, 0), self.shape)
 
     def read(self, roi: Roi | tuple[slice, ...]) -> np.ndarray:
-        lo: Sequence[int]
-        hi: Sequence[int]
-        if isinstance(roi, Roi):
-            lo, hi = roi.offset, roi.end
-        else:
-            lo = [0 if s.start is None else s.start for s in roi]
-            hi = [n if s.stop is None else s.stop for s, n in zip(roi, self.shape)]
+        lo, hi = _bounds(roi, self.shape)
         fine = tuple(slice(a * k, min(b * k, n)) for a, b, k, n in zip(lo, hi, self.factor, self.base.shape))
         return downsample_block(np.asarray(self.base.read(fine)), self.factor, self.mode)
 
@@ -320,35 +328,30 @@ class ResampledVolume:
         self.voxel_size, self.offset = self.map.voxel_size, self.map.offset
         self.attrs = getattr(base, "attrs", {})
         self.path = getattr(base, "path", None)
+        scale = self.map.scale
+        self._blocks: DownsampledVolume | None = None  # whole-factor area means: exactly convert's block means
+        if mode in ("auto", "area", "majority") and all(k >= 1 and k == int(k) for k in scale):
+            self._blocks = DownsampledVolume(
+                base, [int(k) for k in scale], "majority" if mode == "majority" else "mean"
+            )
 
     @property
     def roi(self) -> Roi:
         return Roi((0, 0, 0), self.shape)
 
     def read(self, roi: Roi | tuple[slice, ...]) -> np.ndarray:
-        if isinstance(roi, Roi):
-            lo, hi = list(roi.offset), list(roi.end)
-        else:
-            lo = [0 if s.start is None else s.start for s in roi]
-            hi = [n if s.stop is None else s.stop for s, n in zip(roi, self.shape)]
-        scale = self.map.scale
-        if self.mode in ("auto", "area", "majority") and all(k >= 1 and k == int(k) for k in scale):
-            f = tuple(int(k) for k in scale)
-            fine = tuple(slice(a * k, min(b * k, n)) for a, b, k, n in zip(lo, hi, f, self.base.shape))
-            return downsample_block(
-                np.asarray(self.base.read(fine)), f, "majority" if self.mode == "majority" else "mean"
-            )
+        if self._blocks is not None:
+            return self._blocks.read(roi)
+        lo, hi = _bounds(roi, self.shape)
         box = self.map.source_box(lo, hi, self.mode)
         src = np.asarray(self.base.read(box.slices()))
         out = self.map.resample(src, box.offset, lo, hi, self.mode)
         if self.mode == "majority":
             return out.astype(self.dtype)
-        if self.dtype.kind in "uib":
-            info = np.iinfo(self.dtype) if self.dtype.kind != "b" else None
-            r = np.floor(out + 0.5)
-            if info is not None:
-                r = np.clip(r, info.min, info.max)
-            return r.astype(self.dtype)
+        if self.dtype.kind == "b":
+            return out >= 0.5
+        if self.dtype.kind in "ui":
+            return _round_half_up(out, self.dtype)
         return out.astype(self.dtype, copy=False)
 
 

@@ -48,6 +48,7 @@ from organet.annotate.graphcut import (
     GraphCutResult,
     segment_from_scribbles,
 )
+from organet.annotate.scribbles import scribbles_in
 from organet.annotate.suggest import Box as SuggestedBox
 from organet.annotate.suggest import napari_rows
 from organet.volumes import Roi, Volume, open_volume
@@ -760,15 +761,7 @@ def open_viewer(
     scrib = None
     if scribbles:
         s = open_volume(scribbles, voxel_size=voxel_size or r.voxel_size)
-        if tuple(s.shape) == tuple(r.shape):
-            scrib = s.read(roi)
-        elif tuple(s.shape) == tuple(roi.shape):
-            scrib = s.read()
-        else:
-            raise AnnotationError(
-                f"scribbles {s.path} have shape {tuple(s.shape)}; expected the raw's "
-                f"{tuple(r.shape)} or the ROI's {tuple(roi.shape)} (z, y, x)"
-            )
+        scrib = scribbles_in(s, r.shape, roi)
         bad = np.setdiff1d(np.unique(scrib), [0, 1, 2])
         if bad.size:
             raise AnnotationError(f"scribbles {s.path} contain values {bad[:8].tolist()}; expected 0, 1, 2")

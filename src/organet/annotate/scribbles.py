@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from organet.annotate.graphcut import BACKGROUND, OBJECT
+from organet.annotate.graphcut import BACKGROUND, OBJECT, AnnotationError
+from organet.volumes import Roi
 from organet.volumes.foreground import foreground, prediction_kind
 
 
@@ -115,3 +117,16 @@ def _stroke(
         py, px = py[ok], px[ok]
         keep = allowed[py, px]
         plane[py[keep], px[keep]] = value
+
+
+def scribbles_in(scribbles: Any, raw_shape: Sequence[int], roi: Roi, what: str = "the ROI") -> np.ndarray:
+    """The scribbles of ``roi`` from a scribble volume on the raw's grid (``raw_shape``) or
+    one of the ROI's own shape (voxels, z, y, x); ``what`` names the ROI in the error."""
+    if tuple(scribbles.shape) == tuple(raw_shape):
+        return np.asarray(scribbles.read(roi))
+    if tuple(scribbles.shape) == tuple(roi.shape):
+        return np.asarray(scribbles.read())
+    raise AnnotationError(
+        f"scribbles {scribbles.path} have shape {tuple(scribbles.shape)}; expected the raw's {tuple(raw_shape)} "
+        f"or {what}'s {tuple(roi.shape)} (z, y, x)"
+    )

@@ -169,20 +169,13 @@ def _graphcut_box(
     """``graphcut --box DIR:RANK``: the cut inside that box, written into the annotation set ``output``."""
     from organet.annotate.boxes import annotate_box, check_grid, finetune_command, parse_box, read_suggestions
     from organet.annotate.graphcut import scribbles_from_labels
+    from organet.annotate.scribbles import scribbles_in
 
     folder, rank = parse_box(box)
     sug = read_suggestions(folder)
     check_grid(r, sug)
     roi = sug.box(rank).roi
-    if tuple(s.shape) == tuple(r.shape):
-        scrib = s.read(roi)
-    elif tuple(s.shape) == tuple(roi.shape):
-        scrib = s.read()
-    else:
-        raise VolumeError(
-            f"scribbles {s.path} have shape {tuple(s.shape)}; expected the raw's {tuple(r.shape)} or box {rank}'s "
-            f"{tuple(roi.shape)} (z, y, x)"
-        )
+    scrib = scribbles_in(s, r.shape, roi, f"box {rank}")
     if object_ids or background_ids:
         scrib = scribbles_from_labels(scrib, object_ids or (1,), background_ids or (2,))
     res, written = annotate_box(

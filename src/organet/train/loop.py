@@ -140,7 +140,8 @@ class Trainer:
             names = ", ".join(r.name for r in self.train_rois)
             raise ConfigError(
                 f"the training labels ({names}) contain no foreground: the network would learn to predict "
-                "background everywhere; annotate at least one region with the organelle"
+                "background everywhere; annotate at least one region with the organelle, or mix in labelled "
+                "data from the source domain (organet finetune --mix F --mix-raw R --mix-labels L)"
             )
         self.val_rois = [self._load_validation(s, i) for i, s in enumerate(cfg.data.validation)]
         self.sampler = BlockSampler(

@@ -194,3 +194,50 @@ def test_anisotropic_voxels(phantom):
         assert (row["class"], row["location"]) == (tr["class"], tr["location"])
         key = "height_nm" if tr["class"] == "pit" else "diameter_nm"
         assert abs(row[key] - tr[key]) <= 2 * VOX
+
+
+# --- issue 18: tilted membranes, thick coats, pits close to each other and to the volume border ---
+
+HARD = {"coat_range": (15.0, 35.0), "tilt_deg": (8.0, 6.0), "border_nm": 10.0, "cell_vox": 40, "ny": 120}
+
+
+@pytest.fixture(scope="module")
+def hard():
+    ph = make_coated_pit_phantom(seed=1, **HARD)
+    return ph, analyze_coated_pits(_vol(ph.prediction), _vol(ph.raw), _vol(ph.cell_mask))
+
+
+def test_hard_phantom_has_the_shapes_that_failed(hard):
+    """Before issue 18 this phantom (seed 1) left height and neck NaN for 2 of 9 pits and called both
+    'internal': Otsu on the whole crop split cytosol from the extracellular space, so the membrane
+    plane was fitted to the cytosol."""
+    ph, _ = hard
+    pits = [t for t in ph.truth if t["class"] == "pit"]
+    assert len(pits) == 9 and max(t["coat_nm"] for t in pits) > 30 and min(t["coat_nm"] for t in pits) < 20
+    first = np.argmax(ph.cell_mask, axis=1).astype(float)  # (z, x): y of the plasma membrane
+    assert np.ptp(first[:, 80]) >= 5 and np.ptp(first[60, :]) >= 5  # tilted against z and x
+    assert any(t["center_nm"][2] - t["R_nm"] - 5 - t["coat_nm"] < 15 for t in pits)  # a pit 10 nm from x = 0
+
+
+def test_hard_phantom_every_pit_measured_within_tolerance(hard):
+    ph, res = hard
+    for tr, row in _match(res.table, ph.truth):
+        assert (row["class"], row["location"]) == (tr["class"], tr["location"]), tr["id"]
+        if tr["class"] != "pit":
+            continue
+        assert row["reason"] == "", (tr["id"], row["reason"])
+        assert abs(row["height_nm"] - tr["height_nm"]) <= VOX, (tr["id"], tr["shape"], row["height_nm"])
+        assert abs(row["neck_width_nm"] - tr["neck_width_nm"]) <= 2 * VOX, (tr["id"], tr["shape"])
+
+
+def test_unmeasurable_pit_says_why(phantom):
+    """A pit whose neck is filled with dark voxels at the membrane plane: NaN with a reason."""
+    raw = phantom.raw.copy()
+    tr = next(t for t in phantom.truth if t["shape"] == "U" and t["location"] == "endocytic")
+    cz, y0, cx = (int(round(v / VOX)) for v in tr["foot_nm"])
+    raw[cz - 12 : cz + 13, y0 - 6 : y0 + 3, cx - 12 : cx + 13] = 25  # a dark plug across the neck
+    res = analyze_coated_pits(_vol(phantom.prediction), _vol(raw), _vol(phantom.cell_mask))
+    row = dict(_match(res.table, [tr])[0][1])
+    assert np.isnan(row["neck_width_nm"]) and "neck:" in row["reason"] and "closed" in row["reason"]
+    measured = res.table[(res.table["class"] == "pit") & np.isfinite(res.table["neck_width_nm"])]
+    assert (measured["reason"] == "").all() and len(measured) == 8

@@ -49,7 +49,7 @@ COLUMNS = [
     "height_nm", "neck_width_nm", "fwhm_nm", "major_nm", "minor_nm", "eccentricity", "diameter_nm",
     "circle_diameter_nm",
     "dist_to_cell_boundary_nm", "normal_z", "normal_y", "normal_x",
-    "bbox_z0", "bbox_y0", "bbox_x0", "bbox_z1", "bbox_y1", "bbox_x1", "flags",
+    "bbox_z0", "bbox_y0", "bbox_x0", "bbox_z1", "bbox_y1", "bbox_x1", "flags", "reason",
 ]  # fmt: skip
 
 
@@ -65,6 +65,7 @@ class CoatedPitParams:
     endocytic_max_dist_nm: float = 50.0  # pit foot within this of the cell-mask boundary → endocytic
     membrane_exclusion_nm: float = 15.0  # skeleton points closer than this to the membrane plane are not the pit's
     n_sections: int = 6  # sections (angles) around the axis; metrics are medians over sections
+    near_nm: float = 20.0  # the Otsu threshold is computed on the object and the voxels within this of it
     seed: int = 0  # k-means seed
 
 
@@ -253,6 +254,56 @@ def _fit_ellipse(points: np.ndarray) -> tuple[float, float, float] | None:
     return 2 * a, 2 * b, math.sqrt(max(0.0, 1.0 - (b / a) ** 2))
 
 
+def fit_membrane_plane(points_nm: np.ndarray, step_nm: float, iterations: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares plane through membrane points (N × 3, nm), refitted ``iterations`` times on the
+    points within 2.5 × the median absolute residual (at least ``step_nm``) of the previous fit, so dark
+    voxels off the membrane (a neighbour's neck, blurred coat) do not tilt or shift it. Returns
+    (a point on the plane, unit normal)."""
+    pts = points_nm
+    mc, n = pts.mean(axis=0), np.array([0.0, 1.0, 0.0])
+    for _ in range(iterations + 1):
+        mc = pts.mean(axis=0)
+        _, _, vt = np.linalg.svd(pts - mc, full_matrices=False)
+        n = _unit(vt[-1])
+        res = np.abs((points_nm - mc) @ n)
+        keep = res <= max(2.5 * float(np.median(res)), step_nm)
+        if keep.sum() < 10 or keep.sum() == len(pts):
+            break
+        pts = points_nm[keep]
+    return mc, n
+
+
+def _membrane_line(img: np.ndarray, s: np.ndarray, t: np.ndarray, r_lat: float, thr: float) -> tuple[float, float]:
+    """The membrane in one section (rows t, cols s, nm) beside the pit: on each side, beyond the
+    pit's lateral radius ``r_lat``, the darkest sample of each column within 20 nm of t = 0, averaged
+    over the columns; returns the line t = a + b s through the two sides (one side: offset only,
+    none: (0, 0))."""
+    step = float(s[1] - s[0])
+    rows = np.abs(t) <= 20.0
+    sides = []
+    for sign in (-1.0, 1.0):
+        cols = np.nonzero((sign * s > r_lat + 2 * step) & (sign * s <= r_lat + 40.0))[0]
+        tm = []
+        for c in cols:
+            prof = img[rows, c]
+            i = int(np.argmin(prof))
+            if prof[i] < thr and 0 < i < len(prof) - 1:
+                a, b, cc = float(prof[i - 1]), float(prof[i]), float(prof[i + 1])
+                den = a - 2 * b + cc
+                off = 0.5 * (a - cc) / den if den > 0 else 0.0
+                tm.append((float(s[c]), float(t[rows][i]) + off * step))
+        if len(tm) >= 2:
+            arr = np.array(tm)
+            sides.append((float(arr[:, 0].mean()), float(np.median(arr[:, 1]))))
+    if len(sides) == 2:
+        (s1, t1), (s2, t2) = sides
+        b = (t2 - t1) / (s2 - s1)
+        return t1 - b * s1, b
+    if len(sides) == 1:
+        return sides[0][1], 0.0
+    return 0.0, 0.0
+
+
 class _Crop:
     """Smoothed raw, Otsu threshold and sampling of sections in nm for one object's crop."""
 
@@ -288,8 +339,14 @@ class _Crop:
 
 
 def _measure_pit(
-    crop: _Crop, obj: np.ndarray, p0: np.ndarray, n: np.ndarray, extent: float, prm: CoatedPitParams
-) -> tuple[dict[str, float], list[str], dict[str, Any]]:
+    crop: _Crop,
+    obj: np.ndarray,
+    p0: np.ndarray,
+    n: np.ndarray,
+    extent: float,
+    prm: CoatedPitParams,
+    r_lat: float = 0.0,
+) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     step = crop.step
     half = int(math.ceil(extent / step))
     s = np.arange(-half, half + 1) * step
@@ -297,6 +354,8 @@ def _measure_pit(
     i0 = half  # index of s = 0 and t = 0
     e1, e2 = _perp_basis(n)
     heights, necks, fwhms, ells, circles = [], [], [], [], []
+    why_h: list[str] = []
+    why_n: list[str] = []
     flags: list[str] = []
     example: dict[str, Any] = {}
     for k in range(prm.n_sections):
@@ -305,22 +364,36 @@ def _measure_pit(
         img = crop.sample(crop.meas, p0, u, n, s, t)  # rows: t, cols: s
         if k == 0:
             example = {"image": img, "s": s, "t": t, "thr": crop.thr}
-        # height: along the axis from the membrane plane outwards, mid-line of the dark band
-        axis = img[i0:, i0]
+        # the membrane in this section beside the pit: t = a + b s (corrects the plane's offset and tilt)
+        a, b = _membrane_line(img, s, t, r_lat, crop.thr)
+        # height: along the axis from the membrane line outwards, mid-line of the dark band
+        ts = a + np.arange(0.0, t[-1] - a, step)
+        axis = ndi.map_coordinates(img, np.vstack([(ts - t[0]) / step, np.full(len(ts), i0)]), order=1)
         h = None
         band = _band(axis, 0, 1, crop.thr)
         if band is not None and np.isfinite(band[1]):
             h = 0.5 * (band[0] + band[1]) * step
             heights.append(h)
-        # neck: lumen opening along the membrane plane (t = 0)
-        row = img[i0]
+        elif len(axis) and axis[0] < crop.thr:
+            why_h.append("the axis is dark where it meets the membrane plane")
+        elif band is None:
+            why_h.append("no dark band along the axis inside the crop")
+        else:
+            why_h.append("the apex band runs out of the crop")
+        # neck: lumen opening along the membrane line
+        scale = math.sqrt(1.0 + b * b)
+        row = ndi.map_coordinates(img, np.vstack([(a + b * s - t[0]) / step, np.arange(len(s))]), order=1)
         left, right = _band(row, i0, -1, crop.thr), _band(row, i0, 1, crop.thr)
         if left is not None and right is not None:
-            necks.append((right[0] - left[0]) * step)
+            necks.append((right[0] - left[0]) * step * scale)
+        elif row[i0] < crop.thr:
+            why_n.append("the lumen is closed (dark) where the axis meets the membrane plane")
+        else:
+            why_n.append("no pit wall inside the crop on one side of the axis")
         # ellipse: skeleton of the Otsu mask beyond the membrane, refined to the sub-pixel mid-line
         objs = crop.sample(obj.astype(np.float32), p0, u, n, s, t, order=0) > 0.5
         fit, skel, mid = _section_ellipse(
-            img, s, t, crop.thr, objs, (i0 + (h or 0.0) / 2 / step, i0), prm.membrane_exclusion_nm
+            img, s, t, crop.thr, objs, (i0 + (a + (h or 0.0) / 2) / step, i0), a + prm.membrane_exclusion_nm
         )
         if k == 0:
             example.update(obj=objs, skeleton=skel, midline=mid, ellipse=_model(mid, skel))
@@ -331,10 +404,10 @@ def _measure_pit(
             circles.append(circ[2])
         # FWHM: width of the band's mid-line at half the pit height
         if h is not None:
-            w = _level_width(mid, h / 2, 3 * step)
+            w = _level_width(mid, a + h / 2, 3 * step)
             if w is not None:
                 fwhms.append(w)
-    m: dict[str, float] = {}
+    m: dict[str, Any] = {}
     m["height_nm"] = float(np.median(heights)) if heights else math.nan
     m["neck_width_nm"] = float(np.median(necks)) if necks else math.nan
     m["fwhm_nm"] = float(np.median(fwhms)) if fwhms else math.nan
@@ -350,6 +423,12 @@ def _measure_pit(
         m["major_nm"] = m["minor_nm"] = m["eccentricity"] = math.nan
     m["diameter_nm"] = math.nan
     m["circle_diameter_nm"] = float(np.median(circles)) if circles else math.nan
+    reasons = []
+    if not heights:
+        reasons.append("height: " + max(set(why_h), key=why_h.count))
+    if not necks:
+        reasons.append("neck: " + max(set(why_n), key=why_n.count))
+    m["reason"] = "; ".join(reasons)
     example["height_nm"], example["neck_width_nm"], example["fwhm_nm"] = (
         m["height_nm"],
         m["neck_width_nm"],
@@ -393,7 +472,7 @@ def _measure_vesicle(
         circ = _fit_circle(mid if len(mid) >= 8 else skel)
         if circ is not None:
             circles.append(circ[2])
-    m: dict[str, float] = {"height_nm": math.nan, "neck_width_nm": math.nan, "fwhm_nm": math.nan}
+    m: dict[str, Any] = {"height_nm": math.nan, "neck_width_nm": math.nan, "fwhm_nm": math.nan, "reason": ""}
     m["circle_diameter_nm"] = float(np.median(circles)) if circles else math.nan
     if ells:
         arr = np.array(ells)
@@ -485,6 +564,7 @@ def analyze_coated_pits(
             row["class"] = "skipped"
             flags.append(f"too_small ({nvox} voxels < min_voxels {prm.min_voxels})")
             row["flags"] = ";".join(flags)
+            row["reason"] = "not measured: fewer voxels than min_voxels"
             rows.append(row)
             continue
         c0 = np.maximum(lo - margin, 0)
@@ -497,10 +577,15 @@ def analyze_coated_pits(
             row["class"] = "skipped"
             flags.append(f"no_contrast ({e})")
             row["flags"] = ";".join(flags)
+            row["reason"] = "not measured: the raw crop has no contrast"
             rows.append(row)
             continue
         lab_c = labels[csl]
         obj = lab_c == oid
+        # Otsu on the object and its surroundings (within near_nm): dark band vs light neighbours, not
+        # cytosol vs a bright extracellular space that fills much of the crop
+        near = ndi.distance_transform_edt(~obj, sampling=vs) <= prm.near_nm
+        crop.thr = float(threshold_otsu(crop.meas[near]))
         all_pred = ndi.binary_dilation(lab_c > 0, iterations=2)
         dark = crop.smooth < crop.thr
         dlab, _ = ndi.label(dark)
@@ -521,15 +606,16 @@ def analyze_coated_pits(
         extent = float(np.linalg.norm((hi - lo) * vs)) / 2 + prm.margin_nm / 2
         if is_pit:
             row["class"] = "pit"
-            mem = (np.argwhere(extra) + c0) * vs
-            mc = mem.mean(axis=0)
-            _, _, vt = np.linalg.svd(mem - mc, full_matrices=False)
-            n = _unit(vt[-1])
+            mc, n = fit_membrane_plane((np.argwhere(extra) + c0) * vs, float(vs.min()))
             if np.dot(centroid - mc, n) < 0:
                 n = -n
             p0 = centroid - np.dot(centroid - mc, n) * n
             row.update(normal_z=n[0], normal_y=n[1], normal_x=n[2])
-            m, f2, ex = _measure_pit(crop, obj, p0, n, extent, prm)
+            rel = coords - centroid
+            r_lat = float(np.sqrt(np.max(np.sum(rel**2, axis=1) - (rel @ n) ** 2)))
+            m, f2, ex = _measure_pit(crop, obj, p0, n, extent, prm, r_lat)
+            if m["reason"] and (any(clipped_lo) or any(clipped_hi)):
+                m["reason"] += " (the crop is clipped by the volume border)"
             if cell_mask is None:
                 row["location"] = "unknown"
             else:
@@ -552,6 +638,7 @@ def analyze_coated_pits(
         sections[oid] = ex
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["flags"] = table["flags"].fillna("").astype(str)
+    table["reason"] = table["reason"].fillna("").astype(str)
     stats = stage_endocytic_pits(table, prm.seed, notes)
     return CoatedPitResult(table, stats, notes, (float(vs[0]), float(vs[1]), float(vs[2])), prm, sections)
 

@@ -83,21 +83,47 @@ def make_coated_pit_phantom(
     blur_nm: float = 5.0,
     noise: float = 12.0,
     layout: list[str] | None = None,
+    coat_range: tuple[float, float] | None = None,
+    tilt_deg: tuple[float, float] = (0.0, 0.0),
+    border_nm: float | None = None,
+    ny: int = 100,
 ) -> CoatedPitPhantom:
     """Build the phantom. ``layout`` lists one object per grid cell (row-major over (z, x)):
     ``"pm:shallow"``, ``"pm:U"``, ``"pm:omega"``, ``"im:<shape>"`` or ``"vesicle"``.
-    The default holds 6 endocytic pits (2 of each shape), 3 internal pits and 3 vesicles."""
+    The default holds 6 endocytic pits (2 of each shape), 3 internal pits and 3 vesicles.
+
+    Harder variants (the defaults reproduce the original phantom exactly):
+
+    * ``coat_range`` (nm): each object draws its coat thickness from this range instead of ``coat``;
+    * ``tilt_deg`` (degrees about the z and the x axis): the membranes (and the whole scene) are
+      rotated about the volume centre, so the membrane normal is tilted against every axis;
+    * ``border_nm``: the objects of the first grid column are moved so their outer coat ends this far
+      from the x = 0 face (the analysis crop is then clipped by the volume border);
+    * a small ``cell_vox`` packs pits close to each other (gap = cell size - outer diameter);
+    * ``ny``: the y size in voxels (room for tilted membranes; membranes stay at y = 16 and 84 voxels
+      from the centre plane's point of view, shifted by ``(ny - 100) / 2`` voxels)."""
     rng = np.random.default_rng(seed)
+    rng_coat = np.random.default_rng(seed + 7919)  # a separate stream keeps the default phantom unchanged
     if layout is None:
         layout = ["pm:shallow", "pm:U", "pm:omega"] * 2 + ["im:shallow", "im:U", "im:omega"] + ["vesicle"] * 3
         layout = [layout[i] for i in rng.permutation(len(layout))]
     nz, nx = grid
     if len(layout) > nz * nx:
         raise ValueError(f"layout has {len(layout)} objects for {nz * nx} grid cells")
-    shape = (nz * cell_vox, 100, nx * cell_vox)
-    y_pm, y_im, y_ves = 16 * voxel, 84 * voxel, 50 * voxel
+    shape = (nz * cell_vox, ny, nx * cell_vox)
+    dy = (ny - 100) / 2 * voxel
+    y_pm, y_im, y_ves = 16 * voxel + dy, 84 * voxel + dy, 50 * voxel + dy
     zz, yy, xx = (np.arange(n, dtype=np.float32) * voxel for n in shape)
     Z, Y, X = np.meshgrid(zz, yy, xx, indexing="ij")
+    if tilt_deg != (0.0, 0.0):  # scene coordinates: rotate the grid about the volume centre
+        mid = [(n - 1) * voxel / 2 for n in shape]
+        a, b = np.radians(tilt_deg)
+        rz = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])  # y-x plane (about z)
+        rx = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])  # z-y plane (about x)
+        rot = (rz @ rx).astype(np.float32)
+        P = np.stack([Z - mid[0], Y - mid[1], X - mid[2]], axis=-1) @ rot.T
+        Z, Y, X = P[..., 0] + mid[0], P[..., 1] + mid[1], P[..., 2] + mid[2]
+        del P
 
     img = np.where(y_pm > Y, EXTRACELLULAR, np.where(y_im < Y, ORGANELLE, CYTOSOL)).astype(np.float32)
     # flat membranes first; pits cut holes in them
@@ -112,9 +138,13 @@ def make_coated_pit_phantom(
         cz = (iz + 0.5) * cell_vox * voxel + rng.uniform(-1, 1) * voxel
         cx = (ix + 0.5) * cell_vox * voxel + rng.uniform(-1, 1) * voxel
         oid = k + 1
+        if coat_range is not None:
+            coat = float(rng_coat.uniform(*coat_range))
         if kind == "vesicle":
             R = float(rng.uniform(28.0, 38.0))
             cy = y_ves + rng.uniform(-1, 1) * voxel
+            if border_nm is not None and ix == 0:
+                cx = R + membrane / 2 + coat + border_nm
             r = np.sqrt((Z - cz) ** 2 + (Y - cy) ** 2 + (X - cx) ** 2)
             img[r < R - membrane / 2] = VESICLE_LUMEN
             band = (r >= R - membrane / 2) & (r <= R + membrane / 2 + coat)
@@ -130,6 +160,7 @@ def make_coated_pit_phantom(
                     "location": "free",
                     "shape": "vesicle",
                     "R_nm": R,
+                    "coat_nm": coat,
                     "center_nm": (cz, cy, cx),
                     "diameter_nm": d,
                     "major_nm": d,
@@ -148,6 +179,8 @@ def make_coated_pit_phantom(
         else:
             c = float(rng.uniform(f_lo, f_hi)) * R
             r_n = float(np.sqrt(max(R**2 - c**2, 0.0)))  # the cap meets the plane here
+        if border_nm is not None and ix == 0:
+            cx = R + membrane / 2 + coat + border_nm
         if where == "pm":
             y0, sign, lumen = y_pm, 1.0, EXTRACELLULAR  # invaginates into the cell (+y)
         else:
@@ -185,10 +218,11 @@ def make_coated_pit_phantom(
                 "location": "endocytic" if where == "pm" else "internal",
                 "shape": shp,
                 "R_nm": R,
+                "coat_nm": coat,
                 "c_nm": c,
                 "neck_mid_radius_nm": r_n,
                 "center_nm": (cz, cy, cx),
-                "foot_nm": tuple(foot),
+                "foot_nm": tuple(foot),  # scene coordinates (before the tilt), like center_nm
                 **_pit_truth(R, c, r_n, membrane, coat),
             }
         )

@@ -30,6 +30,7 @@ from organet.cli import (
     importers,
     instances,
     models,
+    plan,
     predict,
     preprocess,
     suggest,
@@ -43,7 +44,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Organelle segmentation in volume EM with 3D U-Nets (ASEM pipeline).",
 )
-analyze_app = typer.Typer(no_args_is_help=True, help="Measure organelles in predictions (nuclear pores, coated pits).")
+analyze_app = typer.Typer(
+    no_args_is_help=True, help="Measure organelles in predictions (nuclear pores, coated pits) and object shapes."
+)
 annotate_app = typer.Typer(no_args_is_help=True, help="Ground-truth annotation from sparse scribbles (graph cut).")
 import_app = typer.Typer(no_args_is_help=True, help="Import models trained by other tools (incasem).")
 models_app = typer.Typer(no_args_is_help=True, help="Pretrained models by name: list, show, fetch; package your own.")
@@ -54,6 +57,7 @@ app.command("info")(volumes.info)
 app.command("train")(train.train)
 app.command("finetune")(train.finetune)
 app.command("predict")(predict.predict)
+app.command("plan")(plan.plan)
 app.command("evaluate")(evaluate.evaluate)
 app.command("experiment")(experiment.experiment)
 app.command("valid-sizes")(volumes.valid_sizes)
@@ -65,6 +69,7 @@ masks_app.command("sample")(preprocess.sample_mask)
 masks_app.command("exclusion")(preprocess.exclusion_mask)
 analyze_app.command("pores")(analyze.pores)
 analyze_app.command("coated-pits")(analyze.coated_pits)
+analyze_app.command("shapes")(analyze.shapes)
 annotate_app.command("graphcut")(annotate.graphcut)
 annotate_app.command("napari")(annotate.napari)
 import_app.command("incasem")(importers.incasem)

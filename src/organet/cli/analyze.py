@@ -1,4 +1,4 @@
-"""``organet analyze pores`` and ``organet analyze coated-pits``: measurements on predictions.
+"""``organet analyze pores``, ``coated-pits`` and ``shapes``: measurements on predictions and labels.
 
 Both command functions can also be called from Python (keyword arguments); they return 0,
 and bad input raises ``typer.Exit(2)`` after printing the ``error:`` line.
@@ -130,6 +130,58 @@ def coated_pits(
     flagged = int((t["flags"] != "").sum())
     if flagged:
         say(f"{flagged} structures flagged (see the 'flags' column)")
+    for note in result.notes:
+        say(f"note: {note}")
+    say(f"wrote {len(written)} files to {output}")
+    return 0
+
+
+@handle_errors
+def shapes(
+    labels: Annotated[str, typer.Argument(help="label volume (e.g. DIR/labels.zarr from `organet instances`)")],
+    output: Annotated[str, typer.Option(help="output folder: shapes.csv/.parquet, cells.csv, summary.json, PNGs")],
+    raw: Annotated[str | None, typer.Option(help="raw volume for mean/SD intensity per object")] = None,
+    cell_mask: Annotated[
+        str | None, typer.Option(help="cell or nucleus mask / labels (> 0 inside): cell id, distance to its boundary")
+    ] = None,
+    voxel_size: VoxelSize = None,
+    plots: Annotated[bool, typer.Option(help="write the PNG figures")] = True,
+) -> int:
+    """Shape of every object in nm: volume, area, sphericity, axes, skeleton, branching, neighbours.
+
+    One row per object (CSV + Parquet), a per-cell summary (cells.csv) and histograms / scatter plots.
+    """
+    from rich.table import Table
+
+    from organet.analyze.shapes import measure_shapes, write_outputs
+    from organet.cli.output import console
+    from organet.cli.progress import ProgressBars
+    from organet.volumes import open_volume
+
+    vs = tuple(voxel_size) if voxel_size else None
+    lab = open_volume(labels, voxel_size=vs)
+    r = open_volume(raw, voxel_size=vs) if raw else None
+    m = open_volume(cell_mask, voxel_size=vs) if cell_mask else None
+    with ProgressBars(transient=True) as progress:
+        result = measure_shapes(lab, raw=r, cell_mask=m, progress=progress)
+    written = write_outputs(result, output, plots=plots)
+    t = result.table
+    say(f"{len(t)} objects, {int(t['cut_by_border'].sum())} cut by the volume border")
+    table = Table(title="per cell (sizes over complete objects)", title_justify="left")
+    for name in ("cell", "objects", "cut", "volume µm³", "median vol µm³", "median skel µm", "branch/obj", "branched"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for _, c in result.cells.iterrows():
+        table.add_row(
+            str(c["cell_id"]) if cell_mask else "all",
+            str(c["objects"]),
+            str(c["cut_by_border"]),
+            f"{c['total_volume_nm3'] * 1e-9:.4g}",
+            f"{c['median_volume_nm3'] * 1e-9:.3g}",
+            f"{c['median_skeleton_length_nm'] * 1e-3:.3g}",
+            f"{c['branch_points_per_object']:.2f}",
+            f"{100 * c['fraction_branched']:.0f} %" if c["fraction_branched"] == c["fraction_branched"] else "nan",
+        )
+    console.print(table)
     for note in result.notes:
         say(f"note: {note}")
     say(f"wrote {len(written)} files to {output}")

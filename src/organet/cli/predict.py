@@ -50,8 +50,24 @@ def predict(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output", rich_help_panel=IO)] = False,
     tile: Annotated[
-        tuple[int, int, int] | None, typer.Option(help="network input per tile (voxels)", rich_help_panel=PREDICTION)
+        tuple[int, int, int] | None,
+        typer.Option(
+            help="network input per tile (voxels); default the least work that fits --memory-gib (organet plan)",
+            rich_help_panel=PREDICTION,
+        ),
     ] = None,
+    memory_gib: Annotated[
+        float | None,
+        typer.Option(
+            help="memory for one forward pass per process (GiB); default 60 % of the available RAM (split over "
+            "--workers), or 80 % of a GPU's free memory",
+            rich_help_panel=PREDICTION,
+        ),
+    ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(help="auto (bf16 on GPUs with it, else fp32) | fp32 | bf16 | fp16", rich_help_panel=PREDICTION),
+    ] = "auto",
     batch_size: Annotated[int, typer.Option(help="tiles per forward pass", rich_help_panel=PREDICTION)] = 1,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]", rich_help_panel=PREDICTION)] = "auto",
     threshold: Annotated[
@@ -93,7 +109,19 @@ def predict(
     roi = parse_roi_options(vol, roi_vox, roi_nm)
     with ProgressBars(transient=True) as bars:
         checkpoint = resolve_model(model, progress=bars)
-    predictor = Predictor.from_checkpoint(checkpoint, tile=tile, batch_size=batch_size, device=device, tta=tta)
+    if memory_gib is None and tile is None and dask.workers and not device.startswith("cuda"):
+        from organet.predict.plan import memory_budget
+
+        memory_gib = memory_budget("cpu", workers=dask.workers) / 2**30
+    predictor = Predictor.from_checkpoint(
+        checkpoint,
+        tile=tile,
+        batch_size=batch_size,
+        device=device,
+        tta=tta,
+        precision=precision,
+        memory_gib=memory_gib,
+    )
     sample = None
     if mask is not None or mask_rule is not None:
         mvol = open_volume(mask, default_voxel_size=voxel_size) if mask is not None else None
@@ -126,6 +154,7 @@ def predict(
     say(
         f"wrote {res.output}/probability and /mask (+{res.pyramid_levels - 1} pyramid levels): ROI {res.roi}, "
         f"{res.blocks} blocks ({res.resumed} done before, {res.skipped_by_mask} without sample), "
+        f"tiles {'x'.join(map(str, res.tile or ()))} in {res.precision}, "
         f"{res.seconds:.1f} s, {res.voxels_per_second:,.0f} voxels/s"
     )
 

@@ -193,3 +193,31 @@ __all__ = [
     "print_tables",
     "score",
 ]
+
+
+def plan_table(plans: Sequence[Any], chosen: Any, budget: int, region: Sequence[int] | None) -> Table:
+    """Tiles (:class:`~organet.predict.plan.TilePlan`) with memory, useful fraction and,
+    for a region, tiles and work; the chosen one bold, those over the budget dim."""
+    columns = ["tile in", "tile out", "step", "useful", "memory GiB"]
+    if region is not None:
+        columns += ["tiles", "work (T MAC)"]
+    rows = []
+    for p in plans:
+        cells = [
+            "x".join(map(str, p.tile_in)),
+            "x".join(map(str, p.tile_out)),
+            "x".join(map(str, p.step)),
+            f"{100 * p.useful:.1f} %",
+            f"{p.memory / 2**30:.2f}",
+        ]
+        if region is not None:
+            cells += [count(p.tiles), f"{p.work / 1e12:.2f}"]
+        style = "bold green" if chosen is not None and p.tile_in == chosen.tile_in else None
+        rows.append((cells, style if p.memory <= budget else "dim"))
+    where = f" for a region of {'x'.join(map(str, region))} voxels" if region is not None else ""
+    return _table(
+        f"Valid tiles{where}",
+        columns,
+        rows,
+        caption=f"memory budget {budget / 2**30:.2f} GiB per forward pass; dim: over budget; bold: the plan",
+    )

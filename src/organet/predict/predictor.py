@@ -35,7 +35,8 @@ from organet.volumes.geometry import Shape3, Vec3, fmt_vec
 from organet.volumes.resample import GridMap, ResampledVolume
 from organet.volumes.roi import Roi
 
-from .tiled import TileGrid, default_tile_shape, run_tiles, tile_grid, tta_variants
+from .plan import TilePlan, memory_budget, plan_tiles
+from .tiled import TileGrid, resolve_precision, run_tiles, tile_grid, tta_variants
 
 _MODELS: dict[tuple[str, int, int, str], Any] = {}
 _MODELS_LOCK = threading.Lock()
@@ -99,8 +100,11 @@ class Predictor:
 
     Build one with :meth:`from_checkpoint` (picklable: workers load the checkpoint once
     per process) or :meth:`from_model` (a live network, in this process only).
-    ``tile`` is the network input shape and ``anchor`` a voxel the tile grid passes
-    through (both at the model's voxel size; None: chosen by :meth:`for_region`).
+    ``tile`` is the network input shape, ``anchor`` a voxel the tile grid passes through
+    and ``extent`` the voxels from the anchor the grid covers (all at the model's voxel
+    size; None: chosen by :meth:`for_region`, the tile as the least work that fits
+    ``memory_gib``, :mod:`organet.predict.plan`). ``precision``: ``auto`` (bf16 on CUDA
+    devices that support it, else fp32), ``fp32``, ``bf16`` or ``fp16``.
     ``threads``: torch CPU threads per process (None: torch's default).
     """
 
@@ -110,9 +114,12 @@ class Predictor:
     checkpoint: str | None = None
     tile: Shape3 | None = None
     anchor: Shape3 | None = None
+    extent: Shape3 | None = None
     batch_size: int = 1
     device: str = "auto"
     tta: str | None = None
+    precision: str = "auto"
+    memory_gib: float | None = None
     threads: int | None = None
     organelle: str = ""
     iteration: int = 0
@@ -147,6 +154,9 @@ class Predictor:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.memory_gib is not None and not self.memory_gib > 0:
+            raise InputError(f"memory budget must be > 0 GiB, got {self.memory_gib}")
+        resolve_precision(self.precision, "cuda" if self.precision == "fp16" else "cpu")
         if self.tile is not None:
             tile_grid(self.architecture, self.tile)  # validate now
             tta_variants(self.tta, self.tile)
@@ -171,7 +181,8 @@ class Predictor:
     def grid(self) -> TileGrid:
         if self.tile is None:
             raise ValueError("Predictor.tile is not set; call for_region() first")  # a defect in the caller
-        return tile_grid(self.architecture, self.tile)
+        grid = tile_grid(self.architecture, self.tile)
+        return grid if self.extent is None else grid.with_extent(self.extent)
 
     def model_grid(self, volume: Any) -> Any:
         """``volume`` as the model sees it: itself, or resampled to the model's voxel size."""
@@ -184,17 +195,39 @@ class Predictor:
         m = self.grid_map(volume)
         return roi if m.identity else m.inverse().source_box(roi.offset, roi.end)
 
-    def for_region(self, volume: Any, roi: Roi) -> Predictor:
-        """This Predictor with its tile and grid anchor fixed for predicting ``roi`` of
-        ``volume`` (each kept if set): a tile of about 96 output voxels (less for a small
-        ROI) and the grid through the origin of the model-grid region.
+    def memory_bytes(self) -> int:
+        """The memory budget (bytes) for one forward pass: ``memory_gib``, or
+        :func:`~organet.predict.plan.memory_budget` of the device."""
+        if self.memory_gib is not None:
+            return int(self.memory_gib * 2**30)
+        return memory_budget(_worker_device(self.device))
 
-        Fix both once per run, before splitting the work: the bytes depend on them.
+    def resolved_precision(self) -> str:
+        """The precision the forward passes use on this Predictor's device."""
+        return resolve_precision(self.precision, _worker_device(self.device))
+
+    def tile_plan(self, region_shape: Sequence[int]) -> TilePlan:
+        """The tile with the least work for a model-grid region of ``region_shape`` (voxels)
+        within :meth:`memory_bytes` (:func:`~organet.predict.plan.plan_tiles`)."""
+        return plan_tiles(self.architecture, region_shape, self.memory_bytes(), precision=self.resolved_precision())
+
+    def for_region(self, volume: Any, roi: Roi) -> Predictor:
+        """This Predictor with its tile grid fixed for predicting ``roi`` of ``volume``:
+        the tile (if not set) with the least work for the region that fits the memory
+        budget (:func:`~organet.predict.plan.plan_tiles`), and the grid through the origin
+        of the model-grid region, ending at its far side (anchor and extent, kept if set).
+
+        Fix them once per run, before splitting the work: the bytes depend on them.
         """
         region = self.model_region(volume, roi)
-        tile = self.tile if self.tile is not None else default_tile_shape(self.architecture, region.shape)
-        anchor = self.anchor if self.anchor is not None else region.offset
-        return replace(self, tile=tile, anchor=anchor)
+        tile = self.tile
+        batch = self.batch_size
+        if tile is None:
+            plan = plan_tiles(self.architecture, region.shape, self.memory_bytes(), precision=self.resolved_precision())
+            tile = plan.tile_in
+        if self.anchor is not None:
+            return replace(self, tile=tile, batch_size=batch)
+        return replace(self, tile=tile, batch_size=batch, anchor=region.offset, extent=region.shape)
 
     def context_vox(self, volume: Any) -> Shape3:
         """Input voxels the network reads around its output on each side (its context,
@@ -213,7 +246,9 @@ class Predictor:
             "iteration": self.iteration,
             "tile": list(self.tile) if self.tile else None,
             "anchor": list(self.anchor) if self.anchor else None,
+            "extent": list(self.extent) if self.extent else None,
             "tta": self.tta,
+            "precision": self.resolved_precision(),
             "normalization": self.normalization.model_dump(),
             "batch_size": self.batch_size,
         }
@@ -237,11 +272,23 @@ class Predictor:
         origin, shape, starts = grid.covering(region.offset, region.end, self.anchor or (0, 0, 0))
         buf = np.zeros(shape, np.float32)
 
+        anchor = self.anchor or (0, 0, 0)
+
         def write(start: Shape3, p: np.ndarray) -> None:
-            buf[tuple(slice(a - o, a - o + n) for a, o, n in zip(start, origin, p.shape))] = p
+            w = grid.write_shape(start, anchor)
+            buf[tuple(slice(a - o, a - o + n) for a, o, n in zip(start, origin, w))] = p[: w[0], : w[1], : w[2]]
 
         run_tiles(
-            self._network(device), source, self.normalization, grid, starts, write, self.batch_size, device, self.tta
+            self._network(device),
+            source,
+            self.normalization,
+            grid,
+            starts,
+            write,
+            self.batch_size,
+            device,
+            self.tta,
+            self.resolved_precision(),
         )
         return np.ascontiguousarray(
             buf[tuple(slice(a - o, b - o) for a, b, o in zip(region.offset, region.end, origin))]

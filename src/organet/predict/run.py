@@ -30,7 +30,7 @@ import functools
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ import numpy as np
 import zarr
 
 from organet.blockwise import Skip, run_blocks
-from organet.blockwise.output import ResumableOutput, volume_identity, write_block
+from organet.blockwise.output import PARTIAL_SUFFIX, ResumableOutput, read_run, volume_identity, write_block
 from organet.errors import IncompatibleError, InputError, VolumeError
 from organet.model.checkpoint import file_sha256
 from organet.progress import ProgressFn
@@ -76,6 +76,8 @@ class PredictionResult:
     already_complete: bool = False
     note: str = ""
     preprocess_on_the_fly: dict[str, Any] | None = None
+    tile: Shape3 | None = None
+    precision: str = ""
 
 
 def default_chunks(step: Sequence[int], preferred: int = 64) -> Shape3:
@@ -126,14 +128,28 @@ def _predict_block(job: _Job, block: Block) -> Any:
     return None
 
 
+def recorded_tile(output: str | Path, pred: Predictor) -> Shape3 | None:
+    """The tile an earlier run of the same model into ``output`` (unfinished or complete)
+    used, so that resuming or rerunning it plans the same tiles whatever memory is free now."""
+    out = Path(output).expanduser()
+    for path in (out.with_name(out.name + PARTIAL_SUFFIX), out):
+        run = read_run(path) if path.is_dir() else None
+        rec = (run or {}).get("predictor") or {}
+        if rec.get("checkpoint") == pred.checkpoint and isinstance(rec.get("tile"), list) and len(rec["tile"]) == 3:
+            t = rec["tile"]
+            return (int(t[0]), int(t[1]), int(t[2]))
+    return None
+
+
 def input_box(pred: Predictor, vol: Volume, roi: Roi) -> Roi:
     """The input voxels the tiles of ``pred`` (tile and anchor fixed, same voxel size as
     ``vol``) read to predict ``roi``: their inputs, mirrored into the volume, as one box."""
     grid = pred.grid()
-    origin, shape, _ = grid.covering(roi.offset, roi.end, pred.anchor or (0, 0, 0))
+    _, _, starts = grid.covering(roi.offset, roi.end, pred.anchor or (0, 0, 0))
     lo, hi = [], []
-    for o, n, c, t, st, size in zip(origin, shape, grid.context, grid.tile_in, grid.step, vol.shape):
-        idx = reflect_indices(o - c, o + n - st - c + t, size)  # first tile's start .. last tile's end
+    for axis, (c, t, size) in enumerate(zip(grid.context, grid.tile_in, vol.shape)):
+        first, last = min(s[axis] for s in starts), max(s[axis] for s in starts)
+        idx = reflect_indices(first - c, last - c + t, size)
         lo.append(int(idx.min()))
         hi.append(int(idx.max()) + 1)
     return Roi(lo, [b - a for a, b in zip(lo, hi)])
@@ -232,6 +248,8 @@ def predict_volume(
     if roi.empty or not vol.roi.contains(roi):
         raise InputError(f"ROI {roi} lies outside the volume {vol.path} of shape {vol.shape} or is empty")
     cut = uint8_cut(threshold)
+    if pred.tile is None and not overwrite:
+        pred = replace(pred, tile=recorded_tile(output, pred))
     pred = pred.for_region(vol, roi)
     step = pred.grid().step
     region = pred.model_region(vol, roi)
@@ -305,6 +323,8 @@ def predict_volume(
             already_complete=True,
             note=note,
             preprocess_on_the_fly=on_fly,
+            tile=pred.tile,
+            precision=pred.resolved_precision(),
         )
     out.start(
         functools.partial(
@@ -362,6 +382,8 @@ def predict_volume(
         levels,
         note=note,
         preprocess_on_the_fly=on_fly,
+        tile=pred.tile,
+        precision=pred.resolved_precision(),
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -62,37 +62,78 @@ def read_with_context(volume: ArrayLike3D, start: Sequence[int], stop: Sequence[
 
 @dataclass(frozen=True)
 class TileGrid:
-    """The global tile grid of a network input shape: tile ``k`` writes the output voxels
-    ``[k * step, (k + 1) * step)`` and reads ``[k * step - context, k * step - context + tile_in)``."""
+    """The tile grid of a network input shape through an anchor voxel: tile ``k`` (per
+    axis) reads ``[k * step - context, k * step - context + tile_in)`` and writes the
+    output voxels ``[k * step, (k + 1) * step)``.
+
+    With ``extent`` (voxels from the anchor a run covers, per axis) the grid ends there:
+    the last tile on an axis is the first whose whole output reaches the extent, and it
+    writes all of it up to the extent, so a region needs no more tiles than its size
+    requires (a 110³ ASEM region is one 204³ tile, not 8). Which tile writes a voxel then
+    depends only on the grid, never on the block asking.
+    """
 
     tile_in: Shape3
     tile_out: Shape3
     step: Shape3
+    extent: Shape3 | None = None
 
     @property
     def context(self) -> Shape3:
         c = [(i - o) // 2 for i, o in zip(self.tile_in, self.tile_out)]
         return (c[0], c[1], c[2])
 
+    def with_extent(self, extent: Sequence[int]) -> TileGrid:
+        """This grid ending ``extent`` voxels from the anchor."""
+        return replace(self, extent=(int(extent[0]), int(extent[1]), int(extent[2])))
+
+    def tiles_per_axis(self) -> Shape3 | None:
+        """Tiles along each axis up to the extent (None without one)."""
+        if self.extent is None:
+            return None
+        k = [1 if e <= o else math.ceil((e - o) / s) + 1 for e, o, s in zip(self.extent, self.tile_out, self.step)]
+        return (k[0], k[1], k[2])
+
+    def _index(self, rel: int, axis: int) -> int:
+        k = math.floor(rel / self.step[axis])
+        n = self.tiles_per_axis()
+        return k if n is None else min(k, n[axis] - 1)
+
+    def _width(self, k: int, axis: int) -> int:
+        n = self.tiles_per_axis()
+        if n is None or k < n[axis] - 1:
+            return self.step[axis]
+        assert self.extent is not None
+        return self.extent[axis] - k * self.step[axis]
+
+    def write_shape(self, start: Sequence[int], anchor: Sequence[int] = (0, 0, 0)) -> Shape3:
+        """Output voxels the tile with output start ``start`` writes (from its first output voxel)."""
+        w = [self._width((a - o) // s, i) for i, (a, o, s) in enumerate(zip(start, anchor, self.step))]
+        return (w[0], w[1], w[2])
+
     def covering(
         self, lo: Sequence[int], hi: Sequence[int], anchor: Sequence[int] = (0, 0, 0)
     ) -> tuple[Shape3, Shape3, list[Shape3]]:
         """Tiles of the grid through ``anchor`` whose outputs cover ``[lo, hi)``:
-        (buffer origin, buffer shape, tile output starts)."""
-        k0 = [math.floor((a - o) / s) for a, o, s in zip(lo, anchor, self.step)]
-        k1 = [math.ceil((b - o) / s) for b, o, s in zip(hi, anchor, self.step)]
+        (origin and shape of the box they write, tile output starts)."""
+        if self.extent is not None and any(
+            a < o or b > o + e for a, b, o, e in zip(lo, hi, anchor, self.extent)
+        ):  # a defect in the caller: a run predicts only its own region
+            raise ValueError(f"[{tuple(lo)}, {tuple(hi)}) lies outside the tile grid's extent {self.extent}")
+        k0 = [self._index(a - o, i) for i, (a, o) in enumerate(zip(lo, anchor))]
+        k1 = [self._index(b - 1 - o, i) + 1 for i, (b, o) in enumerate(zip(hi, anchor))]
         org = [o + k * s for o, k, s in zip(anchor, k0, self.step)]
-        shape = [(b - a) * s for a, b, s in zip(k0, k1, self.step)]
+        end = [o + (k - 1) * s + self._width(k - 1, i) for i, (o, k, s) in enumerate(zip(anchor, k1, self.step))]
         starts = [
             (org[0] + k[0] * self.step[0], org[1] + k[1] * self.step[1], org[2] + k[2] * self.step[2])
             for k in itertools.product(*(range(b - a) for a, b in zip(k0, k1)))
         ]
-        return (org[0], org[1], org[2]), (shape[0], shape[1], shape[2]), starts
+        return (org[0], org[1], org[2]), (end[0] - org[0], end[1] - org[1], end[2] - org[2]), starts
 
     def count(self, lo: Sequence[int], hi: Sequence[int], anchor: Sequence[int] = (0, 0, 0)) -> int:
         """Number of tiles that cover ``[lo, hi)``."""
         return math.prod(
-            math.ceil((b - o) / s) - math.floor((a - o) / s) for a, b, o, s in zip(lo, hi, anchor, self.step)
+            self._index(b - 1 - o, i) + 1 - self._index(a - o, i) for i, (a, b, o) in enumerate(zip(lo, hi, anchor))
         )
 
 
@@ -110,19 +151,6 @@ def tile_grid(cfg: UNetConfig, tile_in: Sequence[int]) -> TileGrid:
             f"tile {t} gives {tile_out} output voxels, fewer than the downsampling factor {f}; use a larger tile"
         )
     return TileGrid(t, tile_out, step)
-
-
-def default_tile_shape(cfg: UNetConfig, roi_shape: Sequence[int], target: int = 96) -> Shape3:
-    """A valid tile input shape whose output is about ``target`` voxels per axis
-    (smaller along axes where the ROI is small), for reasonable memory use."""
-    sizes = valid_sizes(cfg, max_size=4 * target + 400)
-    shape = []
-    for axis, r in enumerate(roi_shape):
-        f = cfg.total_factor[axis]
-        want = min(target, int(r))
-        cand = [i for i, o in sizes if o >= want and (o // f) * f > 0]
-        shape.append(cand[0] if cand else sizes[-1][0])
-    return (shape[0], shape[1], shape[2])
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -153,6 +181,24 @@ def tta_variants(tta: str | None, tile_in: Sequence[int]) -> list[tuple[list[int
     return out
 
 
+def resolve_precision(precision: str | None, device: torch.device | str) -> str:
+    """``auto``/None: bf16 on a CUDA device that supports it, else fp32; otherwise the
+    named precision (``fp32``, ``bf16``, ``fp16``; fp16 only on CUDA)."""
+    from organet.predict.plan import PRECISIONS
+
+    dev = torch.device(device)
+    if precision in (None, "auto"):
+        return "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; expected auto or one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and dev.type != "cuda":
+        raise InputError(f"fp16 needs a CUDA device; {dev} computes in fp32 or bf16")
+    return precision
+
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @torch.no_grad()
 def run_tiles(
     model: UNet,
@@ -164,21 +210,28 @@ def run_tiles(
     batch_size: int = 1,
     device: torch.device | str = "cpu",
     tta: str | None = None,
+    precision: str | None = None,
 ) -> None:
     """Run ``model`` on the tiles with output starts ``starts`` and hand each tile's
-    foreground probability (float32, shape ``grid.step``) to ``write(out_start, prob)``.
+    foreground probability (float32, the whole ``grid.tile_out``) to ``write(out_start, prob)``;
+    the caller keeps the part the tile writes (:meth:`TileGrid.write_shape`).
 
-    bf16 autocast is used on CUDA, fp32 elsewhere. ``tta``: None (off), ``"mirror"``
-    (mean over the 8 mirror combinations) or ``"mirror+transpose"`` (16; needs a tile
-    square in y, x).
+    The next batch is read and normalized in a background thread while the current one
+    computes. ``precision``: see :func:`resolve_precision` (autocast for bf16/fp16; the
+    softmax is taken in fp32). ``tta``: None (off), ``"mirror"`` (mean over the 8 mirror
+    combinations) or ``"mirror+transpose"`` (16; needs a tile square in y, x).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     device = torch.device(device)
     model = model.to(device).eval()
-    autocast = device.type == "cuda"
+    prec = resolve_precision(precision, device)
     variants = tta_variants(tta, grid.tile_in)
-    ctx, step = grid.context, grid.step
-    for b in range(0, len(starts), batch_size):
-        batch = starts[b : b + batch_size]
+    ctx = grid.context
+    batches = [starts[b : b + batch_size] for b in range(0, len(starts), batch_size)]
+    pin = device.type == "cuda"
+
+    def prepare(batch: Sequence[Shape3]) -> torch.Tensor:
         x = np.stack(
             [
                 normalization.apply(
@@ -186,22 +239,31 @@ def run_tiles(
                         raw, [a - c for a, c in zip(s, ctx)], [a - c + t for a, c, t in zip(s, ctx, grid.tile_in)]
                     ),
                     raw.dtype,
+                    str(getattr(raw, "path", "") or ""),
                 )
                 for s in batch
             ]
         )[:, None]
-        xt = torch.from_numpy(x).to(device)
-        acc = None
-        for flips, transpose in variants:
-            xv = xt.flip(flips) if flips else xt
-            xv = xv.transpose(3, 4) if transpose else xv
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model(xv)
-            pv = torch.softmax(logits.float(), dim=1)[:, 1]
-            pv = pv.transpose(2, 3) if transpose else pv  # (N, z, y, x): undo in reverse order
-            pv = pv.flip([a - 1 for a in flips]) if flips else pv
-            acc = pv if acc is None else acc + pv
-        assert acc is not None
-        prob = (acc / len(variants) if len(variants) > 1 else acc).cpu().numpy()
-        for s, p in zip(batch, prob):
-            write(s, np.ascontiguousarray(p[: step[0], : step[1], : step[2]]))
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return t.pin_memory() if pin else t
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="organet-tiles") as pool:
+        nxt = pool.submit(prepare, batches[0]) if batches else None
+        for i, batch in enumerate(batches):
+            assert nxt is not None
+            xt = nxt.result().to(device, non_blocking=pin)
+            nxt = pool.submit(prepare, batches[i + 1]) if i + 1 < len(batches) else None
+            acc = None
+            for flips, transpose in variants:
+                xv = xt.flip(flips) if flips else xt
+                xv = xv.transpose(3, 4) if transpose else xv
+                with torch.autocast(device.type, dtype=_AUTOCAST.get(prec, torch.bfloat16), enabled=prec != "fp32"):
+                    logits = model(xv)
+                pv = torch.softmax(logits.float(), dim=1)[:, 1]
+                pv = pv.transpose(2, 3) if transpose else pv  # (N, z, y, x): undo in reverse order
+                pv = pv.flip([a - 1 for a in flips]) if flips else pv
+                acc = pv if acc is None else acc + pv
+            assert acc is not None
+            prob = (acc / len(variants) if len(variants) > 1 else acc).cpu().numpy()
+            for s, p in zip(batch, prob):
+                write(s, p)

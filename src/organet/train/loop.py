@@ -32,7 +32,7 @@ from organet.evaluate import evaluate_arrays
 from organet.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from organet.model.unet import UNet, init_weights, output_shape
 from organet.predict import Predictor
-from organet.predict.tiled import default_tile_shape, resolve_device
+from organet.predict.tiled import resolve_device
 from organet.progress import ProgressFn, advance, announce
 from organet.train.augment import augment, upstream_shape
 from organet.train.loss import balanced_cross_entropy
@@ -137,7 +137,7 @@ class Trainer:
                     f"(raw {'/'.join(m['modes'])}, labels {m['labels']}); ROI {m['roi_vox']} on the model grid"
                 )
         if not any(r.labels.any() for r in self.train_rois):
-            names = ", ".join(r.name for r in self.train_rois)
+            names = ", ".join(f"{r.name}: {s.labels}" for r, s in zip(self.train_rois, cfg.data.train))
             raise ConfigError(
                 f"the training labels ({names}) contain no foreground: the network would learn to predict "
                 "background everywhere; annotate at least one region with the organelle, or mix in labelled "
@@ -295,12 +295,11 @@ class Trainer:
         ez = self.cfg.validation_exclusion_zone()
         for v in self.val_rois:
             t0 = time.time()
-            tile = vc.tile_input_shape or default_tile_shape(self.arch, v.roi.shape)
             predictor = Predictor.from_model(
                 self.model,
                 self.voxel_size,
                 self.cfg.normalization,
-                tile=tile,
+                tile=vc.tile_input_shape,
                 batch_size=vc.batch_size,
                 device=str(self.device),
             )

@@ -163,6 +163,15 @@ class TrainingConfig(_Strict):
     device: str = "auto"
     log_every: int = Field(default=10, ge=1)
 
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 on CUDA devices that support it, fp32 elsewhere"
+    )
+    data_workers: int = Field(
+        default=1,
+        ge=0,
+        le=1,
+        description="background threads that sample and augment the next batches while a step computes (0: inline)",
+    )
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -48,6 +48,7 @@ def train(
     with ProgressBars() as progress:
         result = run_training(cfg, resume=resume is not None, init_from=init_from, progress=progress, log=say)
     say(f"trained to iteration {result.iteration}; last checkpoint {result.last_checkpoint}")
+    say(_data_wait(result))
 
 
 RoiOpt = Annotated[
@@ -157,3 +158,15 @@ def finetune(
     for r in result.validation:
         say(f"{r['roi']}: F1 {r['f1']:.4f} (no exclusion {r['f1_no_exclusion']:.4f})")
     say(f"fine-tuned to iteration {result.iteration}; checkpoint {result.last_checkpoint}")
+    say(_data_wait(result))
+
+
+def _data_wait(result: Any) -> str:
+    """One line: how the steps of this session split between waiting for data and computing."""
+    total = result.data_wait_s + result.compute_s
+    if total <= 0:
+        return "no training steps in this session"
+    return (
+        f"steps: {result.compute_s:.0f} s computing, {result.data_wait_s:.1f} s waiting for data "
+        f"({100 * result.data_wait_fraction:.1f} %)"
+    )

@@ -32,7 +32,7 @@ from organet.evaluate import evaluate_arrays
 from organet.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from organet.model.unet import UNet, init_weights, output_shape
 from organet.predict import Predictor
-from organet.predict.tiled import resolve_device
+from organet.predict.tiled import _AUTOCAST, resolve_device, resolve_precision
 from organet.progress import ProgressFn, advance, announce
 from organet.train.augment import augment, upstream_shape
 from organet.train.loss import balanced_cross_entropy
@@ -59,6 +59,54 @@ class TrainResult:
     iteration: int
     last_checkpoint: Path | None
     validation: list[dict[str, Any]] = field(default_factory=list)
+    data_wait_s: float = 0.0
+    """Seconds the steps of this session waited for their batch."""
+    compute_s: float = 0.0
+    """Seconds the steps of this session computed (forward, backward, optimizer)."""
+
+    @property
+    def data_wait_fraction(self) -> float:
+        """Share of the step time spent waiting for data (NaN before any step)."""
+        total = self.data_wait_s + self.compute_s
+        return self.data_wait_s / total if total > 0 else float("nan")
+
+
+class BatchPrefetcher:
+    """Makes the batches of iterations ``first``, ``first + 1``, ... in one background thread,
+    ``depth`` ahead of the step that needs them (sampling and augmentation are numpy/scipy
+    work that releases the GIL while torch computes).
+
+    ``make(iteration)`` must depend on the iteration alone; :meth:`get` must be called with
+    consecutive iterations. An error in ``make`` is raised by the :meth:`get` of its iteration.
+    """
+
+    def __init__(self, make: Callable[[int], Any], first: int, depth: int = 2) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self._make = make
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="organet-batches")
+        self._futures: dict[int, Future[Any]] = {}
+        self._next = first
+        self._depth = max(1, int(depth))
+        self._fill(first)
+
+    def _fill(self, iteration: int) -> None:
+        while self._next < iteration + self._depth:
+            self._futures[self._next] = self._pool.submit(self._make, self._next)
+            self._next += 1
+
+    def get(self, iteration: int) -> Any:
+        """The batch of ``iteration`` (waits for it); schedules the ones after it."""
+        if iteration not in self._futures:  # a defect in the caller: iterations come in order
+            raise ValueError(f"iteration {iteration} was not prefetched (next {self._next})")
+        fut = self._futures.pop(iteration)
+        self._fill(iteration + 1)
+        return fut.result()
+
+    def close(self) -> None:
+        for f in self._futures.values():
+            f.cancel()
+        self._pool.shutdown(wait=True)
 
 
 def _metrics_rows(path: Path) -> list[dict[str, Any]]:
@@ -149,7 +197,8 @@ class Trainer:
         )
 
         torch.manual_seed(cfg.seed)
-        self.rng = np.random.default_rng(cfg.seed)
+        self.precision = resolve_precision(cfg.training.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.model = UNet(self.arch)
         init_weights(self.model, cfg.model.weight_init)
         self.model.to(self.device)
@@ -157,6 +206,10 @@ class Trainer:
             self.model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay
         )
         self.iteration = 0
+        self._prefetch: BatchPrefetcher | None = None
+        self._last_validation: list[dict[str, Any]] = []
+        self.data_wait_s = 0.0
+        self.compute_s = 0.0
         self.init_from = str(init_from) if init_from else None
         if resume and existing is not None:
             self._restore(existing)
@@ -239,8 +292,7 @@ class Trainer:
         self.model.load_state_dict(ckpt.state_dict)
         if ckpt.optimizer_state is not None:
             self.optimizer.load_state_dict(ckpt.optimizer_state)
-        if ckpt.rng_state is not None:
-            self.rng.bit_generator.state = ckpt.rng_state["numpy"]
+        if ckpt.rng_state is not None:  # batches depend on (seed, iteration) alone; torch's state for the rest
             torch.set_rng_state(ckpt.rng_state["torch"])
         sampling = ckpt.training_config.get("sampling")
         if isinstance(sampling, dict):
@@ -257,36 +309,62 @@ class Trainer:
 
     # -- steps ---------------------------------------------------------------
 
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    def batch_arrays(self, iteration: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """The augmented batch of ``iteration`` (raw ``(N, 1, *in)``, labels and loss mask
+        ``(N, *out)``, mean foreground fraction): a function of the seed and the iteration
+        alone, so prefetching, resuming and rerunning give the same batches."""
+        rng = np.random.default_rng([self.cfg.seed, iteration])
         raws, labs, masks, fgs = [], [], [], []
         for _ in range(self.cfg.training.batch_size):
-            s = self.sampler.draw(self.rng)
+            s = self.sampler.draw(rng)
             r = self.sampler.rois[s.roi_index]
             raw = self.cfg.normalization.apply(s.raw, r.raw_dtype)
-            x, y, m = augment(
-                raw, s.labels, s.mask, self.in_shape, self.out_shape, self.aug, self.rng, self.transpose_axes
-            )
+            x, y, m = augment(raw, s.labels, s.mask, self.in_shape, self.out_shape, self.aug, rng, self.transpose_axes)
             raws.append(x)
             labs.append(y)
             masks.append(m)
             fgs.append(s.foreground)
-        t = lambda a: torch.from_numpy(np.stack(a)).to(self.device)  # noqa: E731
-        return t(raws)[:, None], t(labs), t(masks), float(np.mean(fgs))
+        return np.stack(raws)[:, None], np.stack(labs), np.stack(masks), float(np.mean(fgs))
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        if self._prefetch is not None:
+            arrays = self._prefetch.get(self.iteration)
+        else:
+            arrays = self.batch_arrays(self.iteration)
+        pin = self.device.type == "cuda"
+
+        def t(a: np.ndarray) -> torch.Tensor:
+            x = torch.from_numpy(a)
+            return (x.pin_memory() if pin else x).to(self.device, non_blocking=pin)
+
+        return t(arrays[0]), t(arrays[1]), t(arrays[2]), arrays[3]
 
     def step(self) -> dict[str, float]:
+        """One iteration; returns its loss, foreground fraction, learning rate and the
+        seconds spent waiting for the batch (``data_s``) and computing (``compute_s``)."""
         self.model.train()
-        x, y, m, fg = self._batch()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        t0 = time.perf_counter()
+        x, y, m, fg = self._next_batch()
+        t1 = time.perf_counter()
+        with torch.autocast(
+            self.device.type, dtype=_AUTOCAST.get(self.precision, torch.bfloat16), enabled=self.precision != "fp32"
+        ):
             logits = self.model(x)
-        loss = balanced_cross_entropy(logits, y, m, self.cfg.loss.class_balance, self.cfg.loss.frac_clip)
+        loss = balanced_cross_entropy(logits.float(), y, m, self.cfg.loss.class_balance, self.cfg.loss.frac_clip)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         lr = self.cfg.optimizer.lr_at(self.iteration, self.cfg.training.iterations)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        value = float(loss.detach())  # waits for the device
         self.iteration += 1
-        return {"loss": float(loss.detach()), "foreground": fg, "lr": lr}
+        return {"loss": value, "foreground": fg, "lr": lr, "data_s": t1 - t0, "compute_s": time.perf_counter() - t1}
 
     def validate(self) -> list[dict[str, Any]]:
         """Predict each validation ROI whole (tiled) and score it."""
@@ -342,7 +420,7 @@ class Trainer:
             metrics=metrics,
             training_config={**self.cfg.record(), "init_from": self.init_from},
             optimizer_state=self.optimizer.state_dict(),
-            rng_state={"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
+            rng_state={"torch": torch.get_rng_state()},
         )
         return save_checkpoint(ckpt, self.run_dir / "checkpoints" / f"iter_{self.iteration:07d}.pt")
 
@@ -376,15 +454,40 @@ class Trainer:
         except ImportError:  # tensorboard is a dependency, but keep training usable without it
             tb = None
         budget_s = tc.max_minutes * 60 if tc.max_minutes else None
-        last_ckpt: Path | None = latest_checkpoint(self.run_dir)
-        val_rows: list[dict[str, Any]] = []
+        bar = _TrainProgress(progress, tc.iterations, budget_s, self.iteration)
+        if tc.data_workers > 0:
+            self._prefetch = BatchPrefetcher(self.batch_arrays, self.iteration)
+        try:
+            self._loop(tb, budget_s, bar)
+        finally:
+            if self._prefetch is not None:
+                self._prefetch.close()
+                self._prefetch = None
+        if tb is not None:
+            tb.close()
+        return TrainResult(
+            self.run_dir,
+            self.iteration,
+            latest_checkpoint(self.run_dir),
+            self._last_validation,
+            data_wait_s=self.data_wait_s,
+            compute_s=self.compute_s,
+        )
+
+    def _loop(self, tb: Any, budget_s: float | None, bar: _TrainProgress) -> None:
+        tc = self.cfg.training
         pending: list[dict[str, Any]] = []
         losses: list[float] = []
+        waits: list[float] = []
+        computes: list[float] = []
         t_start, first = time.time(), self.iteration
-        bar = _TrainProgress(progress, tc.iterations, budget_s, self.iteration)
         while self.iteration < tc.iterations:
             out = self.step()
             losses.append(out["loss"])
+            waits.append(out["data_s"])
+            computes.append(out["compute_s"])
+            self.data_wait_s += out["data_s"]
+            self.compute_s += out["compute_s"]
             elapsed = time.time() - t_start
             if self.iteration % tc.log_every == 0:
                 pending.append(
@@ -395,6 +498,8 @@ class Trainer:
                         "foreground": out["foreground"],
                         "lr": out["lr"],
                         "elapsed_s": round(elapsed, 1),
+                        "data_s": round(float(np.mean(waits)), 4),
+                        "compute_s": round(float(np.mean(computes)), 4),
                     }
                 )
                 if self.iteration % (10 * tc.log_every) == 0:
@@ -402,19 +507,23 @@ class Trainer:
                     where = f"{self.iteration}/{tc.iterations}"
                     if budget_s is not None:
                         where = f"{self.iteration} ({elapsed / 60:.1f} of {tc.max_minutes:g} min)"
-                    self.log(f"iteration {where}: loss {np.mean(losses):.4f} ({rate:.2f} s/iteration)")
-                losses = []
+                    self.log(
+                        f"iteration {where}: loss {np.mean(losses):.4f} ({rate:.2f} s/iteration; a step "
+                        f"{np.mean(computes):.2f} s computing, {np.mean(waits):.3f} s waiting for data)"
+                    )
+                losses, waits, computes = [], [], []
             bar.update(self.iteration, elapsed)
             out_of_time = budget_s is not None and elapsed >= budget_s
             if self.iteration % tc.checkpoint_every == 0 or self.iteration == tc.iterations or out_of_time:
                 val_rows = self.validate()
+                self._last_validation = val_rows
                 self._log_rows(pending + val_rows, tb)
                 pending = []
                 metrics = {
                     r["roi"]: {k: r[k] for k in ("loss", "f1", "precision", "recall", "exclusion_zone")}
                     for r in val_rows
                 }
-                last_ckpt = self.checkpoint(metrics)
+                self.checkpoint(metrics)
                 plot_curves(_metrics_rows(self.metrics_path), self.run_dir / "curves.png")
                 for r in val_rows:
                     self.log(
@@ -425,9 +534,6 @@ class Trainer:
                 bar.update(self.iteration, time.time() - t_start)
                 self.log(f"stopping after {tc.max_minutes:g} min at iteration {self.iteration}")
                 break
-        if tb is not None:
-            tb.close()
-        return TrainResult(self.run_dir, self.iteration, last_ckpt, val_rows)
 
 
 def budget_stage(max_minutes: float) -> str:

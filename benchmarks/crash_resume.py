@@ -21,9 +21,11 @@ times, a fresh run of the same command in a subprocess is killed with SIGKILL, e
 After each kill the ledger (``OUT.zarr.progress/<stage>/<z_y_x>.json``) is checked:
 every block it lists must already hold its final bytes in ``OUT.zarr.partial`` (the same
 as the reference's). Then the same command is rerun to completion: it must exit 0,
-report as many blocks "done before" as the ledger held, and leave an ``OUT.zarr`` whose
-files (every array, pyramid levels included, and the metadata) are byte-identical to
-the reference's. Prints a markdown table, one row per kill; exits 1 if any check fails.
+report as many blocks "done before" as the ledger held, take over the killed run's
+lock file ``OUT.zarr.lock`` with a warning (when the kill left one) and remove it at the
+end, and leave an ``OUT.zarr`` whose files (every array, pyramid levels included, and the
+metadata) are byte-identical to the reference's. Prints a markdown table, one row per
+kill; exits 1 if any check fails.
 """
 
 from __future__ import annotations
@@ -169,6 +171,7 @@ def _where(done: dict[str, int], stages: dict[str, tuple[str, int, Any]], out: P
 def _clean(out: Path) -> None:
     for p in (out, out.with_name(out.name + ".partial"), out.with_name(out.name + ".progress")):
         shutil.rmtree(p, ignore_errors=True)
+    out.with_name(out.name + ".lock").unlink(missing_ok=True)
 
 
 def _kill_group(p: subprocess.Popen[bytes]) -> None:
@@ -262,6 +265,8 @@ def main() -> None:
                 where = f"not killed (exit {rc})"
             predict_done = done.get("predict", 0)
             pyramid_done = sum(v for s, v in done.items() if s != "predict")
+            lock = out.with_name(out.name + ".lock")
+            stale = lock.exists()  # a killed run leaves its lock; the resume must take it over
             # resume to completion
             r = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
             m = re.search(r"\((\d+) done before", r.stdout)
@@ -275,6 +280,10 @@ def main() -> None:
                 checks.append(f"killed run exit {rc}")
             if bad:
                 checks.append(f"ledger lists blocks without their data: {bad[:3]}")
+            if stale and r.returncode == 0 and "taking over the lock" not in r.stderr:
+                checks.append("the killed run's lock was not taken over with a warning")
+            if lock.exists():
+                checks.append(f"{lock.name} left after the resumed run")
             diff = _identical(out, ref) if out.is_dir() else "no output"
             if diff:
                 checks.append(diff)
@@ -288,15 +297,16 @@ def main() -> None:
                     f"{predict_done}/{n_blocks['predict']}",
                     f"{pyramid_done}/{sum(n_blocks.values()) - n_blocks['predict']}",
                     "ok" if not bad else f"{len(bad)} bad",
+                    "taken over" if stale else "none left",
                     "yes" if not checks else "NO: " + "; ".join(checks),
                 )
             )
             print(f"kill {k}: {how}, ended after {died:.2f} s, {where}: {rows[-1][-1]}", file=sys.stderr, flush=True)
     print(
         "\n| kill # | how | ended after s | killed in | predict blocks done before | pyramid blocks done before "
-        "| ledger vs data | resumed ok (identical bytes) |"
+        "| ledger vs data | lock of the killed run | resumed ok (identical bytes) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(map(str, row)) + " |")
     n_worker = sum(1 for r in rows if r[3].startswith("a worker"))

@@ -6,6 +6,7 @@ file. Unknown keys and bad values are errors that name the key.
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -162,7 +163,6 @@ class TrainingConfig(_Strict):
     max_minutes: float | None = Field(default=None, gt=0, description="stop (with a checkpoint) after this time")
     device: str = "auto"
     log_every: int = Field(default=10, ge=1)
-
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="auto: bf16 on CUDA devices that support it, fp32 elsewhere"
     )
@@ -172,6 +172,7 @@ class TrainingConfig(_Strict):
         le=1,
         description="background threads that sample and augment the next batches while a step computes (0: inline)",
     )
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
@@ -251,14 +252,60 @@ class ExperimentConfig(_Strict):
         return ExperimentConfig.model_validate(d)
 
 
-def format_validation_error(e: ValidationError, source: str) -> str:
-    """One line per problem: ``source: key.path: message (got value)``."""
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field's type (``X``, ``X | None``, ``list[X]``, ``dict[str, X]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _organet_model(title: str) -> type[BaseModel] | None:
+    """organet's pydantic model called ``title`` (the name a ValidationError carries)."""
+    todo: list[type[BaseModel]] = [BaseModel]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == title and cls.__module__.startswith("organet"):
+            return cls
+        todo.extend(cls.__subclasses__())
+    return None
+
+
+def known_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """The keys valid in the mapping at ``loc`` (a pydantic error location without its last
+    part) of ``model``; [] when unknown."""
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):  # an item of a list: its model was taken with the field
+            continue
+        field = model.model_fields.get(str(part))
+        model = _model_of(field.annotation) if field is not None else None
+    return sorted(model.model_fields) if model is not None else []
+
+
+def unknown_key_message(key: str, valid: list[str]) -> str:
+    """``unknown key`` with the nearest valid key (difflib), else the valid keys."""
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if near:
+        return f"unknown key; did you mean {near[0]!r}?"
+    return f"unknown key; valid keys: {', '.join(valid)}" if valid else "unknown key"
+
+
+def format_validation_error(e: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """One line per problem: ``source: key.path: message (got value)``; an unknown key
+    names the nearest valid one (``model``: the validated model, else found by the
+    error's title among organet's models)."""
     lines = []
+    model = model if model is not None else _organet_model(e.title)
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = unknown_key_message(str(err["loc"][-1]), known_keys(model, tuple(err["loc"][:-1])))
         got = err.get("input")
         shown = "" if err["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{source}: {loc}: {msg}{shown}")
@@ -269,7 +316,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConf
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, ExperimentConfig)) from None
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
@@ -280,7 +327,10 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        why = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at}: {why}; expected a YAML mapping of keys") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data

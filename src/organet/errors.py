@@ -11,6 +11,9 @@ The classes also derive from :class:`ValueError`, so library callers that catch
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class OrganetError(ValueError):
     """A problem with the user's input, not with organet: printed as one line (exit 2)."""
@@ -36,6 +39,34 @@ class IncompatibleError(OrganetError):
     """Inputs that do not fit together: voxel sizes, shapes, a model and its data, an earlier run."""
 
 
+class StorageError(OrganetError):
+    """The place an output goes cannot take it: a full disk or quota, a read-only file
+    system, no permission. Not retried; what was finished is kept for a rerun."""
+
+
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENAMETOOLONG}
+)
+"""``OSError`` numbers that mean the storage, not organet, is the problem (retrying does not help)."""
+
+
+def storage_error(e: BaseException) -> StorageError | None:
+    """``e`` as a one-line :class:`StorageError` when it is an ``OSError`` of
+    :data:`STORAGE_ERRNOS` (full disk, read-only, no permission); None otherwise."""
+    if isinstance(e, StorageError):
+        return e
+    if not isinstance(e, OSError) or e.errno not in STORAGE_ERRNOS:
+        return None
+    where = e.filename if e.filename is not None else "the output"
+    why = e.strerror or os.strerror(e.errno or 0)
+    hint = {
+        errno.ENOSPC: "free some space (or write elsewhere)",
+        errno.EDQUOT: "free some of your quota (or write elsewhere)",
+        errno.EROFS: "write to a writable location",
+    }.get(e.errno or 0, "check the permissions of the location (or write elsewhere)")
+    return StorageError(f"cannot write {where}: {why} (errno {e.errno}); {hint}, then rerun the same command")
+
+
 class BlockFailures(RuntimeError):
     """Some blocks of a blockwise pass still failed after their retries.
 
@@ -57,5 +88,8 @@ __all__ = [
     "IncompatibleError",
     "InputError",
     "OrganetError",
+    "STORAGE_ERRNOS",
+    "StorageError",
     "VolumeError",
+    "storage_error",
 ]

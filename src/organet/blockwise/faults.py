@@ -8,9 +8,11 @@ calls :func:`inject` before each block. The file holds a list of faults::
 
 A listed block fails its first ``times`` attempts (-1: always): ``raise`` raises
 RuntimeError, ``kill`` SIGKILLs the process running it (the whole command in-process,
-a worker on Dask). Attempts are counted by files in ``counter_dir``, shared by all
-processes. The variable is read at each block, so a test can rewrite the file between
-runs; Dask workers inherit it when they start.
+a worker on Dask), ``sleep`` waits ``"seconds"`` (default 60) and then runs the block
+(a run that is busy for a while, e.g. to start a second writer meanwhile). Attempts
+are counted by files in ``counter_dir``, shared by all processes. The variable is read
+at each block, so a test can rewrite the file between runs; Dask workers inherit it
+when they start.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,6 +53,10 @@ def inject(stage: str, index: Sequence[int]) -> None:
         n = _attempt(f["counter_dir"], name)
         times = int(f.get("times", -1))
         if times < 0 or n < times:
-            if f.get("action", "raise") == "kill":
+            action = f.get("action", "raise")
+            if action == "sleep":
+                time.sleep(float(f.get("seconds", 60)))
+                continue
+            if action == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected failure of block {tuple(index)} in {stage} (attempt {n + 1})")

@@ -27,6 +27,8 @@ from organet.errors import IncompatibleError
 from organet.volumes.atomic import atomic_write_text, remove_path
 from organet.volumes.geometry import Shape3
 
+from .lock import OutputLock, lock_path_for
+
 FORMAT = "organet-ledger"
 VERSION = 2
 _ENTRY = re.compile(r"^(\d+)_(\d+)_(\d+)\.json$")
@@ -72,6 +74,7 @@ class Ledger:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.created = False  # True when open() started it empty
+        self.lock: OutputLock | None = None  # held from open() until remove()
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -81,25 +84,42 @@ class Ledger:
         An existing ledger of the same run is kept (its blocks are skipped); one of a
         run with other settings, or of an older format, raises
         :class:`~organet.errors.IncompatibleError` unless ``overwrite``, which empties it.
+        First the lock file beside it is taken (:class:`~organet.blockwise.lock.OutputLock`):
+        while another live process writes this output, :class:`~organet.errors.InputError`
+        (even with ``overwrite``).
         """
         led = cls(path)
         run = json.loads(json.dumps(run))
-        if led.path.exists():
-            why = led._mismatch(run)
+        target = led.path.name.removesuffix(".progress")
+        led.lock = OutputLock.acquire(lock_path_for(led.path), f"{led.path.with_name(target)}")
+        try:
+            led._open(run, overwrite)
+        except BaseException:
+            led.lock.release()
+            raise
+        return led
+
+    def _open(self, run: dict[str, Any], overwrite: bool) -> None:
+        if self.path.exists():
+            why = self._mismatch(run)
             if why:
                 if not overwrite:
                     raise IncompatibleError(
-                        f"{led.path} records an unfinished run {why}; rerun with the same settings to resume, or "
+                        f"{self.path} records an unfinished run {why}; rerun with the same settings to resume, or "
                         "pass --overwrite to start over"
                     )
-                remove_path(led.path)
-        if not led.path.exists():
-            led.created = True
-            led.path.mkdir(parents=True)
+                remove_path(self.path)
+        if not self.path.exists():
+            self.created = True
+            self.path.mkdir(parents=True)
             atomic_write_text(
-                led.path / "ledger.json", json.dumps({"format": FORMAT, "version": VERSION, "run": run}, indent=1)
+                self.path / "ledger.json", json.dumps({"format": FORMAT, "version": VERSION, "run": run}, indent=1)
             )
-        return led
+
+    def clear(self, run: dict[str, Any]) -> None:
+        """Empty the ledger and start it anew for ``run``, keeping the lock."""
+        remove_path(self.path)
+        self._open(json.loads(json.dumps(run)), overwrite=True)
 
     def _mismatch(self, run: dict[str, Any]) -> str:
         meta_path = self.path / "ledger.json"
@@ -122,8 +142,10 @@ class Ledger:
         return dict(json.loads((self.path / "ledger.json").read_text())["run"])
 
     def remove(self) -> None:
-        """Delete the ledger (the run is complete)."""
+        """Delete the ledger (the run is complete) and release its lock."""
         remove_path(self.path)
+        if self.lock is not None:
+            self.lock.release()
 
     # ------------------------------------------------------------------ entries
     def stage_dir(self, stage: str) -> Path:

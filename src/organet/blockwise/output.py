@@ -2,7 +2,8 @@
 
 A :class:`ResumableOutput` keeps its data in ``DST.partial`` and its finished blocks in
 the ledger ``DST.progress`` (:class:`~organet.blockwise.ledger.Ledger`, holding the run's
-settings). A killed run rerun with the same settings resumes and gives the same bytes;
+settings) and the lock file ``DST.lock`` (:mod:`~organet.blockwise.lock`: one writer at
+a time). A killed run rerun with the same settings resumes and gives the same bytes;
 ``DST`` appears (by rename) only when complete, carrying the run record with
 ``"complete": true``, so nothing half-written ever looks complete and rerunning a
 finished command is a no-op. Prediction, preprocessing, masks, conversion and instances
@@ -11,6 +12,7 @@ all write through it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +27,7 @@ from organet.errors import InputError
 from organet.volumes.atomic import atomic_write_text, fsync_chunks, remove_path, replace_path, temp_sibling
 
 from .ledger import Ledger
+from .lock import OutputLock, lock_path_for
 
 RUN_KEY = "organet_run"
 """Root attribute of a zarr output (or file ``organet_run.json`` in a folder output) with the run record."""
@@ -107,7 +110,7 @@ class ResumableOutput:
     Opening it decides what happens:
 
     * ``dst`` holds a complete output of this very run: :attr:`complete` is True (nothing
-      to do; a ledger left by a run that ended right after its rename is removed);
+      to do; a ledger and lock left by a run that ended right after its rename are removed);
     * ``dst`` exists otherwise: :class:`~organet.errors.InputError` unless ``overwrite``;
     * an unfinished run of other settings: :class:`~organet.errors.IncompatibleError`
       unless ``overwrite`` (then it starts over).
@@ -128,6 +131,8 @@ class ResumableOutput:
         if self.path.exists() or self.path.is_symlink():
             if not overwrite and read_run(self.path) == {**self.run, "complete": True}:
                 remove_path(self.ledger_path)
+                with contextlib.suppress(InputError):  # the lock of a run killed right after its rename
+                    OutputLock.acquire(lock_path_for(self.ledger_path), str(self.path)).release()
                 self.complete = True
                 return
             if not overwrite:
@@ -149,8 +154,7 @@ class ResumableOutput:
             self.resumed = ledger.count()
             return
         if not ledger.created:  # a ledger without its data (or data of another run): start over
-            ledger.remove()
-            self._ledger = ledger = Ledger.open(self.ledger_path, self.run)
+            ledger.clear(self.run)
         remove_path(self.partial)
         tmp = temp_sibling(self.partial)
         try:

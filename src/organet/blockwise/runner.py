@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from organet.errors import BlockFailures, InputError
+from organet.errors import BlockFailures, InputError, OrganetError, storage_error
 from organet.progress import ProgressFn, advance, announce
 from organet.volumes.blocks import Block
 from organet.volumes.geometry import Shape3
@@ -42,6 +42,22 @@ class _Call:
             write_entry(self.stage_dir, block.index, status, result)
             result = decode(encode(result))  # the same types a resumed run reads back
         return {"status": status, "result": result}
+
+
+def _fatal(e: Exception) -> OrganetError | None:
+    """The user error a block failure is, if a retry cannot help: bad input (a damaged
+    chunk, NaN data) or storage that cannot take the output (full disk, read-only)."""
+    return e if isinstance(e, OrganetError) else storage_error(e)
+
+
+def _user_error(e: OrganetError, stage: str, block: Block, ledger: Ledger | None) -> OrganetError:
+    """``e`` (same class) with the block it came from and what is kept for a rerun."""
+    keep = f"; finished blocks are kept in {ledger.path}" if ledger is not None else ""
+    msg = f"{e} (block {block.name} of {stage}{keep})"
+    try:
+        return type(e)(msg)
+    except TypeError:  # a subclass with another constructor
+        return InputError(msg)
 
 
 def run_blocks(
@@ -80,50 +96,69 @@ def run_blocks(
 
     Raises
     ------
+    OrganetError
+        At once, not retried, when a block meets bad input (a damaged chunk, NaN data) or
+        storage that cannot take its output (:class:`~organet.errors.StorageError`: full
+        disk, read-only, no permission): the same class, its message followed by the
+        block; finished blocks stay in the ledger.
     BlockFailures
         Blocks that failed ``retries + 1`` times (the others are kept in the ledger).
+
+    On any exception the ledger's lock is released (the run is over; a rerun resumes).
     """
     if retries < 0:
         raise InputError(f"retries must be >= 0, got {retries}")
-    blocks = list(blocks)
-    done = ledger.entries(stage) if ledger is not None else {}
-    results: dict[Shape3, dict[str, Any]] = {b.index: done[b.index] for b in blocks if b.index in done}
-    todo = [b for b in blocks if b.index not in done]
-    total = len(blocks)
-    announce(progress, stage, total)
-    if results:
-        advance(progress, stage, len(results), total)
-    call = _Call(fn, stage, str(ledger.stage_dir(stage)) if ledger is not None else None)
-    failures: dict[Shape3, str] = {}
-    if client is None:
-        for b in todo:
-            for _ in range(retries + 1):
-                try:
-                    results[b.index] = call(b)
-                    failures.pop(b.index, None)
-                    break
-                except Exception as e:  # noqa: BLE001 - reported per block
-                    failures[b.index] = f"{type(e).__name__}: {e}"
-            advance(progress, stage, 1, total)
-    else:
-        from distributed import as_completed
+    try:
+        blocks = list(blocks)
+        done = ledger.entries(stage) if ledger is not None else {}
+        results: dict[Shape3, dict[str, Any]] = {b.index: done[b.index] for b in blocks if b.index in done}
+        todo = [b for b in blocks if b.index not in done]
+        total = len(blocks)
+        announce(progress, stage, total)
+        if results:
+            advance(progress, stage, len(results), total)
+        call = _Call(fn, stage, str(ledger.stage_dir(stage)) if ledger is not None else None)
+        failures: dict[Shape3, str] = {}
+        if client is None:
+            for b in todo:
+                for _ in range(retries + 1):
+                    try:
+                        results[b.index] = call(b)
+                        failures.pop(b.index, None)
+                        break
+                    except Exception as e:  # noqa: BLE001 - reported per block
+                        fatal = _fatal(e)
+                        if fatal is not None:
+                            raise _user_error(fatal, stage, b, ledger) from None
+                        failures[b.index] = f"{type(e).__name__}: {e}"
+                advance(progress, stage, 1, total)
+        else:
+            from distributed import as_completed
 
-        prefix = f"organet-{stage.replace(' ', '-')}-{secrets.token_hex(4)}"
-        futures = {client.submit(call, b, key=f"{prefix}-{b.name}", retries=retries, pure=False): b for b in todo}
-        for fut in as_completed(list(futures)):
-            b = futures[fut]
-            if fut.status == "finished":
-                results[b.index] = fut.result()
-            else:
-                try:
-                    exc = fut.exception()
-                except BaseException as e:  # noqa: BLE001 - a cancelled future raises here
-                    exc = e
-                failures[b.index] = f"{type(exc).__name__}: {exc}"
-            advance(progress, stage, 1, total)
-    if failures:
-        raise BlockFailures(stage, failures, total, str(ledger.path) if ledger is not None else "")
-    return {b.index: results[b.index] for b in blocks}
+            prefix = f"organet-{stage.replace(' ', '-')}-{secrets.token_hex(4)}"
+            futures = {client.submit(call, b, key=f"{prefix}-{b.name}", retries=retries, pure=False): b for b in todo}
+            for fut in as_completed(list(futures)):
+                b = futures[fut]
+                if fut.status == "finished":
+                    results[b.index] = fut.result()
+                else:
+                    try:
+                        exc = fut.exception()
+                    except BaseException as e:  # noqa: BLE001 - a cancelled future raises here
+                        exc = e
+                    fatal = _fatal(exc) if isinstance(exc, Exception) else None
+                    if fatal is not None:
+                        client.cancel([f for f in futures if not f.done()])
+                        raise _user_error(fatal, stage, b, ledger) from None
+                    failures[b.index] = f"{type(exc).__name__}: {exc}"
+                advance(progress, stage, 1, total)
+        if failures:
+            raise BlockFailures(stage, failures, total, str(ledger.path) if ledger is not None else "")
+        return {b.index: results[b.index] for b in blocks}
+    except BaseException:
+        if ledger is not None and ledger.lock is not None:  # the run ends here: let go of its output
+            ledger.lock.release()
+        raise
 
 
 __all__ = ["SKIPPED", "Skip", "run_blocks"]

@@ -34,6 +34,7 @@ from organet.cli import (
     predict,
     preprocess,
     suggest,
+    report,
     train,
     volumes,
 )
@@ -67,6 +68,7 @@ app.command("suggest")(suggest.suggest)
 app.command("preprocess")(preprocess.preprocess)
 masks_app.command("sample")(preprocess.sample_mask)
 masks_app.command("exclusion")(preprocess.exclusion_mask)
+app.command("report")(report.report)
 analyze_app.command("pores")(analyze.pores)
 analyze_app.command("coated-pits")(analyze.coated_pits)
 analyze_app.command("shapes")(analyze.shapes)

@@ -1,7 +1,9 @@
 """How every ``organet`` command reports problems.
 
-* A user error (:class:`organet.errors.OrganetError`, or a pydantic ``ValidationError``
-  from parsing settings) prints ONE line ``error: <message>`` on stderr and exits 2.
+* A user error (:class:`organet.errors.OrganetError`, a pydantic ``ValidationError``
+  from parsing settings, or an ``OSError`` of a full disk, a read-only or forbidden
+  location: :func:`organet.errors.storage_error`) prints ONE line ``error: <message>``
+  on stderr and exits 2.
 * Blocks of a blockwise pass that still fail after their retries (``BlockFailures``)
   print their list and exit 1: the finished blocks are kept and a rerun resumes.
 * Anything else is a bug in organet: the traceback shows as usual, followed by a line
@@ -23,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from organet import __version__
-from organet.errors import BlockFailures, OrganetError
+from organet.errors import BlockFailures, OrganetError, storage_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,8 +59,9 @@ def fail(message: object, code: int = EXIT_USER_ERROR) -> NoReturn:
 
 def user_message(e: BaseException) -> str | None:
     """The one-line message of a user error, or None when ``e`` is not one."""
-    if isinstance(e, OrganetError):
-        return str(e)
+    e = storage_error(e) or e  # a full disk, a read-only or forbidden location
+    if isinstance(e, OrganetError):  # one line, whatever the message holds
+        return "; ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
     from pydantic import ValidationError
 
     if isinstance(e, ValidationError):

@@ -9,12 +9,17 @@ Writes are atomic (temporary file, then rename).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from organet.errors import CheckpointError, InputError
@@ -57,8 +62,7 @@ class Checkpoint:
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise CheckpointError(f"weights do not match the stored architecture: {first}") from None
+            raise CheckpointError(f"weights do not match the stored architecture: {_first_line(e)}") from None
         return model.eval()
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,8 +75,8 @@ class Checkpoint:
             "normalization": self.normalization.model_dump(),
             "organelle": self.organelle,
             "iteration": self.iteration,
-            "metrics": self.metrics,
-            "training_config": self.training_config,
+            "metrics": _plain(self.metrics),
+            "training_config": _plain(self.training_config),
             "state_dict": self.state_dict,
             "optimizer_state": self.optimizer_state,
             "rng_state": self.rng_state,
@@ -85,6 +89,18 @@ class Checkpoint:
             for k, v in self.to_dict().items()
             if k not in ("state_dict", "optimizer_state", "rng_state", "training_config")
         }
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy scalars and arrays as Python numbers and lists (nested dicts,
+    lists, tuples), so a checkpoint holds only what ``torch.load(weights_only=True)`` reads."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return value
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -127,11 +143,51 @@ def release_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
-    """Write ``ckpt`` to ``path`` atomically; returns the path."""
+    """Write ``ckpt`` to ``path`` atomically; returns the path. Temporaries of an earlier
+    write of the same file that was killed are removed."""
     path = Path(path)
+    for left in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        left.unlink(missing_ok=True)
     with atomic_path(path) as tmp:
         torch.save(ckpt.to_dict(), tmp)
     return path
+
+
+def _first_line(e: BaseException) -> str:
+    """The first informative line of an exception's message (torch's run over many lines)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.endswith(":")] or lines or [type(e).__name__]
+    return lines[0][:300]
+
+
+def read_checkpoint_data(path: str | Path) -> Any:
+    """What a ``.pt`` file holds, loaded with ``torch.load(weights_only=True)``: tensors and
+    plain data only, so a file that carries pickled code (a callable, a class) is refused
+    instead of run. Raises :class:`CheckpointError` naming the file for anything unreadable."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # torch's note on unusual pickle protocols: the error below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        code = re.search(r"Unsupported (?:global|class)[^\n]*?(?=\. |\.?$)", str(e), re.MULTILINE)
+        if code is not None:
+            raise CheckpointError(
+                f"refusing to load checkpoint {path}: it carries pickled Python objects ({code[0].strip()}), "
+                "code that torch.load(weights_only=True) does not run; expected tensors and plain data (a .pt file "
+                "written by organet, or a state dict saved with torch.save); load only checkpoints you trust"
+            ) from None
+        other = re.search(r"Unsupported [^\n]*?(?=\. |\.?$)", str(e), re.MULTILINE)
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a PyTorch checkpoint of tensors and plain data "
+            f"({other[0].strip() if other else _first_line(e)}); organet reads .pt files with "
+            "torch.load(weights_only=True); expected a file written by organet, or a state dict saved with torch.save"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for foreign or truncated files
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is damaged, cut short or not a PyTorch file ({type(e).__name__}: "
+            f"{_first_line(e)}); expected a .pt file written by organet (or torch.save)"
+        ) from None
 
 
 def load_checkpoint(path: str | Path, expect_architecture: UNetConfig | None = None) -> Checkpoint:
@@ -143,10 +199,7 @@ def load_checkpoint(path: str | Path, expect_architecture: UNetConfig | None = N
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many types for foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    d = read_checkpoint_data(path)
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an organet checkpoint (no '{FORMAT}' header)")
     if d.get("version", 0) > VERSION:
@@ -174,5 +227,8 @@ def load_checkpoint(path: str | Path, expect_architecture: UNetConfig | None = N
         rng_state=d.get("rng_state"),
     )
     # validate weights against the architecture now, not at first use
-    ckpt.build_model()
+    try:
+        ckpt.build_model()
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
     return ckpt

@@ -61,9 +61,19 @@ class Normalization(BaseModel):
         # float data is assumed to be in [0, 1]
         return 0.0, 1.0
 
-    def apply(self, raw: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
-        """Normalized float32 copy of ``raw`` (dtype of the source volume if given)."""
+    def apply(self, raw: np.ndarray, dtype: np.dtype | None = None, where: str = "") -> np.ndarray:
+        """Normalized float32 copy of ``raw`` (dtype of the source volume if given).
+
+        Float data holding NaN or infinity raise :class:`~organet.errors.InputError` naming
+        ``where`` (the volume): a network fed them writes garbage without a word.
+        """
         lo, hi = self.bounds(dtype if dtype is not None else raw.dtype)
+        if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+            bad = np.argwhere(~np.isfinite(raw))[0].tolist()
+            raise InputError(
+                f"{where or 'raw data'} contains NaN or infinite values ({raw.dtype}, e.g. at {bad} of the block "
+                "read); expected finite intensities: fill or mask them first"
+            )
         out = raw.astype(np.float32)
         out -= lo
         out *= 2.0 / (hi - lo)

@@ -185,10 +185,11 @@ class Trainer:
                     f"(raw {'/'.join(m['modes'])}, labels {m['labels']}); ROI {m['roi_vox']} on the model grid"
                 )
         if not any(r.labels.any() for r in self.train_rois):
-            names = ", ".join(f"{r.name}: {s.labels}" for r, s in zip(self.train_rois, cfg.data.train))
+            names = ", ".join(r.name for r in self.train_rois)
+            files = ", ".join(str(s.labels) for s in cfg.data.train)
             raise ConfigError(
-                f"the training labels ({names}) contain no foreground: the network would learn to predict "
-                "background everywhere; annotate at least one region with the organelle, or mix in labelled "
+                f"the training labels ({names}) contain no foreground (labels: {files}): the network would learn "
+                "to predict background everywhere; annotate at least one region with the organelle, or mix in labelled "
                 "data from the source domain (organet finetune --mix F --mix-raw R --mix-labels L)"
             )
         self.val_rois = [self._load_validation(s, i) for i, s in enumerate(cfg.data.validation)]
@@ -318,7 +319,7 @@ class Trainer:
         for _ in range(self.cfg.training.batch_size):
             s = self.sampler.draw(rng)
             r = self.sampler.rois[s.roi_index]
-            raw = self.cfg.normalization.apply(s.raw, r.raw_dtype)
+            raw = self.cfg.normalization.apply(s.raw, r.raw_dtype, where=f"training raw {r.name}")
             x, y, m = augment(raw, s.labels, s.mask, self.in_shape, self.out_shape, self.aug, rng, self.transpose_axes)
             raws.append(x)
             labs.append(y)

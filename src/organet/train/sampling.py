@@ -54,7 +54,7 @@ from organet.config import RoiSpec, SamplingConfig
 from organet.errors import ConfigError
 from organet.volumes import Roi, Volume, open_volume, parse_roi
 from organet.volumes.foreground import foreground, prediction_kind
-from organet.volumes.geometry import Shape3, fmt_vec
+from organet.volumes.geometry import Shape3, check_same_voxel_size, fmt_vec
 from organet.volumes.resample import GridMap, ResampledVolume, ResampleMode
 
 
@@ -128,9 +128,20 @@ def open_roi_volumes(
     to be binary first.
     """
     raw = open_volume(spec.raw, voxel_size=spec.voxel_size)
-    labels = open_volume(spec.labels, voxel_size=spec.voxel_size or raw.voxel_size)
-    mask = open_volume(spec.mask, voxel_size=spec.voxel_size or raw.voxel_size) if spec.mask else None
+    # labels and mask without voxel-size metadata (plain TIFF) take the raw's; with their own
+    # they must agree with it: a silent override would train on misaligned labels
+    labels = open_volume(spec.labels, spec.voxel_size, default_voxel_size=raw.voxel_size)
+    mask = open_volume(spec.mask, spec.voxel_size, default_voxel_size=raw.voxel_size) if spec.mask else None
     for other, what in ((labels, "labels"), (mask, "mask")):
+        if other is not None:
+            check_same_voxel_size(
+                other.voxel_size,
+                raw.voxel_size,
+                f"{what} {other.path}",
+                f"raw {raw.path}",
+                "the labels and mask of an ROI must be on its raw's voxel grid: resample them (organet convert "
+                "--downsample), or set the ROI's voxel_size: [z, y, x] if the file metadata is wrong",
+            )
         if other is not None and tuple(other.shape) != tuple(raw.shape):
             raise ConfigError(
                 f"{what} {other.path} has shape {tuple(other.shape)} but raw {raw.path} has {tuple(raw.shape)}"

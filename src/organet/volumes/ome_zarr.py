@@ -260,7 +260,7 @@ def write_ome_zarr(dst: str | os.PathLike[str], overwrite: bool = False) -> Iter
     """
     dst = Path(dst).expanduser()
     if (dst.exists() or dst.is_symlink()) and not overwrite:
-        raise VolumeError(f"output already exists: {dst} (pass overwrite=True to replace it)")
+        raise VolumeError(f"output already exists: {dst} (pass --overwrite, or overwrite=True, to replace it)")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f"{dst.name}.tmp-{secrets.token_hex(4)}")
     try:
@@ -278,6 +278,6 @@ def write_ome_zarr(dst: str | os.PathLike[str], overwrite: bool = False) -> Iter
     if (dst.exists() or dst.is_symlink()) and not overwrite:
         writer._abort()
         remove_path(tmp)
-        raise VolumeError(f"output appeared while writing: {dst} (pass overwrite=True to replace it)")
+        raise VolumeError(f"output appeared while writing: {dst} (pass --overwrite, or overwrite=True, to replace it)")
     replace_path(tmp, dst)
     writer._commit()

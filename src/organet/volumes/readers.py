@@ -144,7 +144,10 @@ def _open_tiff(path: Path, inner: str, mode: str) -> _Opened:
     import tifffile
     import zarr
 
-    tf = tifffile.TiffFile(path)
+    try:
+        tf = tifffile.TiffFile(path)
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types for files that are not TIFF
+        raise VolumeError(f"cannot read TIFF {path}: {type(e).__name__}: {e}; expected a TIFF image") from None
     try:
         series = tf.series[0]
         if len(tf.series) > 1:
@@ -553,6 +556,8 @@ def open_volume(
         raise VolumeError(f"cannot open {text}: a path inside a {kind} image is not supported")
     if mode == "r+" and kind not in _WRITABLE:
         raise VolumeError(f"cannot open {text} for writing: {kind} volumes are read-only (use zarr, N5 or HDF5)")
+    if default_voxel_size is not None:  # checked even where the file's own voxel size wins
+        default_voxel_size = as_vec3(default_voxel_size, "voxel_size (nm)", positive=True)
     opened = _READERS[kind](container, inner, mode)
     try:
         vs = as_vec3(voxel_size, "voxel_size (nm)", positive=True) if voxel_size is not None else opened.voxel_size

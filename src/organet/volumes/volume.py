@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import operator
 import os
 from collections.abc import Callable, Sequence
@@ -166,6 +167,18 @@ class Unavailable(LazyArray):
         raise VolumeError(self.reason)
 
 
+def _array_name(data: Any) -> str:
+    """Where a zarr array lives (``/path/to/x.zarr/s0``), for messages; "" for other data."""
+    while isinstance(data, SqueezeLeading):
+        data = data.base
+    where = str(getattr(data, "store_path", ""))
+    return where.removeprefix("file://") if where.startswith("file://") else ""
+
+
+SUPPORTED_KINDS = {"b": "bool", "u": "unsigned integer", "i": "integer", "f": "float"}
+"""NumPy dtype kinds a volume may hold (complex, string, object and structured data are refused)."""
+
+
 class Volume:
     """A lazy 3-D image, axis order (z, y, x).
 
@@ -193,6 +206,11 @@ class Volume:
         if len(data.shape) != 3:
             raise VolumeError(
                 f"expected 3-D (z, y, x) data{f' in {path}' if path else ''}, got shape {tuple(data.shape)}"
+            )
+        dtype = np.dtype(data.dtype)
+        if dtype.kind not in SUPPORTED_KINDS:
+            raise VolumeError(
+                f"{path or 'volume data'} has dtype {dtype}; expected bool, integer or float data (z, y, x)"
             )
         self.data = data
         self.voxel_size: Vec3 = as_vec3(voxel_size, "voxel size (nm)", positive=True)
@@ -307,11 +325,38 @@ class Volume:
         if 0 in lengths:
             out = np.empty(lengths, self.dtype)
         else:
-            raw = self.data[slices]
+            try:
+                raw = self.data[slices]
+            except (VolumeError, OSError, MemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001 - a damaged chunk, else re-raised as the bug it is
+                damaged = self._damaged_chunk(slices)
+                if damaged is None:
+                    raise
+                raise VolumeError(damaged) from e
             out = np.array(raw, copy=True) if isinstance(self.data, np.ndarray) else np.asarray(raw)
             if out.shape != lengths:
                 raise VolumeError(f"reading {slices} from {self.path} returned shape {out.shape}, expected {lengths}")
         return out.squeeze(axis=int_axes) if int_axes else out
+
+    def _damaged_chunk(self, slices: tuple[slice, ...]) -> str | None:
+        """After a failed read of ``slices``: read it chunk by chunk and describe the first
+        chunk that cannot be read (a damaged or cut-short chunk file), or None when every
+        chunk reads on its own (then the failure was not the data's)."""
+        ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(slices, self.chunks)]
+        for idx in itertools.product(*ranges):
+            box = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, self.chunks, self.shape))
+            try:
+                self.data[box]
+            except Exception as e:  # noqa: BLE001 - this chunk is the one
+                where = _array_name(self.data) or self.path or "<in memory>"
+                voxels = ", ".join(f"{b.start}:{b.stop}" for b in box)
+                return (
+                    f"cannot read {where}: chunk {tuple(idx)} (voxels z, y, x {voxels}) is damaged or cut short "
+                    f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}); "
+                    "expected a readable chunk: copy the volume again or restore it"
+                )
+        return None
 
     def write(self, roi: Roi | Key, array: Any) -> None:
         """Write ``array`` (broadcastable to the region) into a voxel Roi or slices."""

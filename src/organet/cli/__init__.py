@@ -27,14 +27,15 @@ from organet.cli import (
     demo,
     evaluate,
     experiment,
+    export,
     importers,
     instances,
     models,
     plan,
     predict,
     preprocess,
-    suggest,
     report,
+    suggest,
     train,
     volumes,
 )
@@ -63,12 +64,13 @@ app.command("evaluate")(evaluate.evaluate)
 app.command("experiment")(experiment.experiment)
 app.command("valid-sizes")(volumes.valid_sizes)
 app.command("demo")(demo.demo)
+app.command("export")(export.export)
 app.command("instances")(instances.instances)
 app.command("suggest")(suggest.suggest)
 app.command("preprocess")(preprocess.preprocess)
+app.command("report")(report.report)
 masks_app.command("sample")(preprocess.sample_mask)
 masks_app.command("exclusion")(preprocess.exclusion_mask)
-app.command("report")(report.report)
 analyze_app.command("pores")(analyze.pores)
 analyze_app.command("coated-pits")(analyze.coated_pits)
 analyze_app.command("shapes")(analyze.shapes)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from organet.cli.errors import handle_errors, print_warning
-from organet.cli.options import VoxelSize
+from organet.cli.options import Overwrite, VoxelSize, refuse_existing_folder
 from organet.cli.output import say
 
 
@@ -41,11 +41,13 @@ def pores(
     gallery: Annotated[
         bool, typer.Option("--gallery/--no-gallery", help="also write gallery.png (en-face views)")
     ] = False,
+    overwrite: Overwrite = False,
 ) -> int:
     """Nuclear-pore membrane diameters across a nuclear envelope: table (CSV + Parquet) and plots."""
     from organet.analyze.pores import analyze_pores, write_outputs
     from organet.volumes import open_volume
 
+    refuse_existing_folder(output, overwrite)
     p = open_volume(pred, voxel_size=voxel_size)
     r = open_volume(raw, voxel_size=voxel_size)
     result = analyze_pores(
@@ -96,6 +98,7 @@ def coated_pits(
     min_voxels: Annotated[int, typer.Option(help="skip smaller components (flag too_small)")] = 27,
     seed: Annotated[int, typer.Option(help="k-means seed for early/late staging")] = 0,
     plots: Annotated[bool, typer.Option(help="write the PNG figures")] = True,
+    overwrite: Overwrite = False,
 ) -> int:
     """Measure clathrin-coated pits and vesicles; early/late staging; a table and figures in OUTPUT.
 
@@ -104,6 +107,7 @@ def coated_pits(
     from organet.analyze.coated_pits import CoatedPitParams, analyze_coated_pits, write_outputs
     from organet.volumes import open_volume
 
+    refuse_existing_folder(output, overwrite)
     vs = tuple(voxel_size) if voxel_size else None
     p = open_volume(pred, voxel_size=vs)
     r = open_volume(raw, voxel_size=vs)
@@ -146,6 +150,7 @@ def shapes(
     ] = None,
     voxel_size: VoxelSize = None,
     plots: Annotated[bool, typer.Option(help="write the PNG figures")] = True,
+    overwrite: Overwrite = False,
 ) -> int:
     """Shape of every object in nm: volume, area, sphericity, axes, skeleton, branching, neighbours.
 
@@ -158,6 +163,7 @@ def shapes(
     from organet.cli.progress import ProgressBars
     from organet.volumes import open_volume
 
+    refuse_existing_folder(output, overwrite)
     vs = tuple(voxel_size) if voxel_size else None
     lab = open_volume(labels, voxel_size=vs)
     r = open_volume(raw, voxel_size=vs) if raw else None

@@ -39,6 +39,14 @@ VoxelSize = Annotated[
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an existing output")]
 
 
+def refuse_existing_folder(output: str | Path, overwrite: bool) -> None:
+    """An analysis output folder that exists and holds anything is replaced only with ``--overwrite``
+    (checked before any work; its files are then rewritten atomically one by one)."""
+    p = Path(output).expanduser()
+    if not overwrite and (p.is_file() or (p.is_dir() and any(p.iterdir()))):
+        raise InputError(f"output already exists: {p} (pass --overwrite to replace it)")
+
+
 def parse_roi_options(volume: Volume, roi_vox: str | None, roi_nm: str | None) -> Roi | None:
     """The ROI of ``--roi-vox`` or ``--roi-nm`` in ``volume`` (None: neither given)."""
     from organet.volumes import parse_roi

@@ -14,6 +14,7 @@ Shapes are in voxels, axis order (z, y, x); memory in bytes.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -191,34 +192,45 @@ def plan_for(
     )
 
 
+MAX_TILES_PER_AXIS = 8
+"""Tile counts per axis tried in every combination (beyond that, near-cubes only)."""
+
+
 def candidate_tiles(cfg: UNetConfig, region: Sequence[int], max_size: int = MAX_TILE) -> list[Shape3]:
-    """Tiles worth considering for ``region``: per size, near-cubes clipped on each axis to
-    the smallest valid size whose step covers the region's extent there."""
+    """Tiles worth considering for ``region`` (voxels): on each axis, the smallest valid size
+    that covers the region with 1, 2, … :data:`MAX_TILES_PER_AXIS` tiles, in every combination
+    (a thin region gets a thin tile, a 220³ region may get 2 tiles of 316 x 316 x 212), plus
+    every near-cube size clipped on each axis to the size that covers the region in one tile."""
     sizes = valid_tile_sizes(cfg, max_size)
     f = cfg.total_factor
+    cube = [s[0] for s in sizes]
+    per_axis: list[dict[int, int]] = []
     covering = []
     for axis in range(3):
-        cover = None
+        best: dict[int, int] = {}
         for s in sizes[axis]:
-            probe = [sizes[0][-1] if sizes[0] else s, sizes[1][-1], sizes[2][-1]]
+            probe = list(cube)
             probe[axis] = s
             o = output_shape(cfg, probe)
-            if o is not None and (o[axis] // f[axis]) * f[axis] >= int(region[axis]):
-                cover = s
-                break
-        covering.append(cover if cover is not None else sizes[axis][-1])
-    out: set[Shape3] = set()
-    # every size of the axis with the most sizes, the other axes at the nearest valid size
+            if o is None or o[axis] < f[axis]:
+                continue
+            out, step = o[axis], (o[axis] // f[axis]) * f[axis]
+            r = int(region[axis])
+            k = 1 if r <= out else math.ceil((r - out) / step) + 1
+            if k <= MAX_TILES_PER_AXIS and k not in best:
+                best[k] = s
+        per_axis.append(best)
+        covering.append(best.get(1, sizes[axis][-1]))
+    out_set: set[Shape3] = set()
+    for t in itertools.product(*(sorted(b.values()) for b in per_axis)):
+        out_set.add((t[0], t[1], t[2]))
     for s in sorted(set(sizes[0]) | set(sizes[1]) | set(sizes[2])):
-        t = []
-        for axis in range(3):
-            near = min(sizes[axis], key=lambda v: (abs(v - s), v))
-            t.append(min(near, covering[axis]))
+        t = [min(min(sizes[axis], key=lambda v: (abs(v - s), v)), covering[axis]) for axis in range(3)]
         cand = (t[0], t[1], t[2])
         o = output_shape(cfg, cand)
         if o is not None and all(v >= k for v, k in zip(o, f)):
-            out.add(cand)
-    return sorted(out, key=lambda t: math.prod(t))
+            out_set.add(cand)
+    return sorted(out_set, key=lambda t: (math.prod(t), t))
 
 
 def plan_tiles(

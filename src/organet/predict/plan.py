@@ -171,15 +171,12 @@ def plan_for(
     cfg: UNetConfig, tile: Sequence[int], region: Sequence[int], batch: int = 1, precision: str = "fp32"
 ) -> TilePlan:
     """The :class:`TilePlan` of ``tile`` over a region of shape ``region`` (voxels)."""
-    t = (int(tile[0]), int(tile[1]), int(tile[2]))
-    out = output_shape(cfg, t)
-    if out is None:
-        raise InputError(f"tile {t} is not a valid network input")
-    f = cfg.total_factor
-    step = ((out[0] // f[0]) * f[0], (out[1] // f[1]) * f[1], (out[2] // f[2]) * f[2])
-    if any(s == 0 for s in step):
-        raise InputError(f"tile {t} gives {out} output voxels, fewer than the downsampling factor {f}")
-    tiles = math.prod(1 if r <= o else math.ceil((r - o) / s) + 1 for r, o, s in zip(region, out, step))
+    from organet.predict.tiled import tile_grid
+
+    grid = tile_grid(cfg, tile)
+    per_axis = grid.with_extent(region).tiles_per_axis()
+    assert per_axis is not None
+    t, out, step, tiles = grid.tile_in, grid.tile_out, grid.step, math.prod(per_axis)
     return TilePlan(
         t,
         out,
@@ -222,11 +219,11 @@ def candidate_tiles(cfg: UNetConfig, region: Sequence[int], max_size: int = MAX_
         per_axis.append(best)
         covering.append(best.get(1, sizes[axis][-1]))
     out_set: set[Shape3] = set()
-    for t in itertools.product(*(sorted(b.values()) for b in per_axis)):
-        out_set.add((t[0], t[1], t[2]))
+    for combo in itertools.product(*(sorted(b.values()) for b in per_axis)):
+        out_set.add((combo[0], combo[1], combo[2]))
     for s in sorted(set(sizes[0]) | set(sizes[1]) | set(sizes[2])):
-        t = [min(min(sizes[axis], key=lambda v: (abs(v - s), v)), covering[axis]) for axis in range(3)]
-        cand = (t[0], t[1], t[2])
+        near = [min(min(sizes[axis], key=lambda v: (abs(v - s), v)), covering[axis]) for axis in range(3)]
+        cand = (near[0], near[1], near[2])
         o = output_shape(cfg, cand)
         if o is not None and all(v >= k for v, k in zip(o, f)):
             out_set.add(cand)

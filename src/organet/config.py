@@ -20,6 +20,7 @@ from organet.model.unet import UNetConfig, output_shape, valid_sizes
 from organet.organelles import canonical_organelle
 from organet.preprocess.normalize import Normalization
 from organet.train.augment import AugmentConfig
+from organet.volumes.remote import is_url
 
 
 class _Strict(BaseModel):
@@ -241,7 +242,7 @@ class ExperimentConfig(_Strict):
             if p is None:
                 return None
             # keep the in-container part (``a.zarr/x`` or ``f.h5:/x``) intact
-            return p if Path(p.split(":/")[0]).is_absolute() else str(base / p)
+            return p if is_url(p) or Path(p.split(":/")[0]).is_absolute() else str(base / p)
 
         d = self.model_dump()
         for group in ("train", "validation"):

@@ -18,6 +18,19 @@ result is recorded in the ledger ``OUTPUT.progress``, so a killed run resumes:
    intensity sum and the marching-cubes surface of the cube cells whose lower corner
    lies in the block), summed per object on the client.
 
+With ``split`` (:class:`~organet.analyze.split.SplitParams`, ``--split watershed``), touching
+objects are separated by a seeded watershed on the distance transform (rules in
+:mod:`organet.analyze.split`), with three more passes between 3. and the relabel:
+
+* ``"seeds"``: per block, read with a context of ``ceil(s / voxel)`` voxels, the cores
+  ``distance >= s`` are labelled (like pass 1); ``"merge seeds"`` joins them across faces
+  (like pass 2); the client drops seeds smaller than ``min_seed_size_nm3`` and numbers the rest;
+* ``"flood"``: per block, read with ``context_nm`` of context, the watershed from the global
+  seeds; foreground that no seed reaches (components without a seed) keeps its connected
+  component. Objects are numbered as in connected-component mode (raster order of their
+  first voxel), so an object crossing blocks has one id, and with enough context the labels
+  equal a single pass over the whole volume byte for byte.
+
 While running, everything lives in ``OUTPUT.partial``; the finished folder appears
 (by rename) only when complete.
 
@@ -28,18 +41,20 @@ lies at the volume offset).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from organet.analyze.split import SplitParams, distance_nm, flood, halo_voxels, seed_cores
 from organet.blockwise import run_blocks
 from organet.blockwise.output import ResumableOutput, volume_identity
 from organet.errors import IncompatibleError, InputError
@@ -69,8 +84,16 @@ COLUMNS = [
 ]
 
 STAGES = ("label", "merge faces", "relabel", "measure")
+SPLIT_STAGES = ("label", "merge faces", "seeds", "merge seeds", "flood", "relabel", "measure")
 _SCRATCH = "work/scratch.zarr"
+_SEEDS = "work/seeds.zarr"
+_SPLIT = "work/split.zarr"
 _MAPPING = "work/mapping.npy"
+_COMPONENTS = "work/components.npy"  # provisional foreground id -> component (1..C)
+_SEED_MAP = "work/seed_map.npy"  # provisional seed id -> seed (1..S), 0 = dropped
+_COMP_BOX = "work/component_bbox.npy"  # (C, 6) [z0, y0, x0, z1, y1, x1) per component
+_COMP_SEEDED = "work/component_seeded.npy"  # (C,) bool: has a kept seed
+_CC: dict[int, Literal[6, 18, 26]] = {1: 6, 2: 18, 3: 26}  # connectivity -> cc3d's neighbourhood
 _LABELS = "labels.zarr"
 
 
@@ -86,10 +109,16 @@ class _Job:
     connectivity: int
     threshold: float
     offsets: tuple[int, ...] = ()  # provisional id offset per block (raster order of blocks)
+    split: SplitParams | None = None
+    seed_offsets: tuple[int, ...] = ()  # the same for the provisional seed ids
+    n_seeds: int = 0  # kept seeds: split ids 1..n_seeds; components follow as n_seeds + component
+
+    def _in(self, name: str) -> str:
+        return str(Path(self.partial) / name)
 
     @property
     def scratch(self) -> str:
-        return str(Path(self.partial) / _SCRATCH)
+        return self._in(_SCRATCH)
 
     @property
     def labels(self) -> str:
@@ -97,36 +126,67 @@ class _Job:
 
     @property
     def mapping(self) -> str:
-        return str(Path(self.partial) / _MAPPING)
+        return self._in(_MAPPING)
 
     def flat(self, index: Sequence[int]) -> int:
         return int(np.ravel_multi_index(tuple(index), self.plan.grid))
 
+    def layer(self, name: str) -> tuple[str, tuple[int, ...]]:
+        """Scratch array and per-block id offsets of a layer: ``"foreground"`` (pass "label"),
+        ``"seeds"`` (pass "seeds") or ``"split"`` (pass "flood", ids already global)."""
+        if name == "foreground":
+            return self.scratch, self.offsets
+        if name == "seeds":
+            return self._in(_SEEDS), self.seed_offsets
+        return self._in(_SPLIT), ()
 
-def _label_block(job: _Job, block: Block) -> dict[str, Any]:
-    """Pass "label": the label count, first-voxel global raster index per label and voxels per label."""
+
+def _label_into(job: _Job, scratch: str, box: tuple[slice, slice, slice], fg: np.ndarray) -> dict[str, Any]:
+    """Label ``fg`` (the block ``box``) into ``scratch``; the label count, first-voxel global
+    raster index and voxels per label (and with a split, the bounding box per label)."""
+    import cc3d
+    import fastremap
     import zarr
 
-    box = block.roi.slices()
-    fg = foreground(job.mask.read(box), job.kind, job.threshold)
-    lab, n = ndimage.label(fg, ndimage.generate_binary_structure(3, job.connectivity), output=np.uint32)
-    arr = zarr.open_array(job.scratch, mode="r+")
+    lab = cc3d.connected_components(np.ascontiguousarray(fg), connectivity=_CC[job.connectivity], out_dtype=np.uint32)
+    arr = zarr.open_array(scratch, mode="r+")
     arr[box] = lab
-    fsync_chunks(job.scratch, box, arr.chunks)
-    ids, first = np.unique(lab.ravel(), return_index=True)
-    first, ids = first[ids > 0], ids[ids > 0]
+    fsync_chunks(scratch, box, arr.chunks)
+    ids, first, sizes = fastremap.unique(lab.ravel(), return_index=True, return_counts=True)
+    sel = ids > 0
+    first, n = np.asarray(first)[sel].astype(np.int64), int(sel.sum())
     # the raster order inside a block is the global raster order restricted to it
     coords = np.unravel_index(first, lab.shape)
     glob = np.ravel_multi_index(tuple(c + s.start for c, s in zip(coords, box)), job.mask.shape)
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
-    return {"n": int(n), "first": glob.astype(np.int64), "sizes": sizes.astype(np.int64)}
+    out: dict[str, Any] = {
+        "n": n,
+        "first": glob.astype(np.int64),
+        "sizes": np.asarray(sizes)[sel].astype(np.int64),
+    }
+    if job.split is not None:
+        objs = ndimage.find_objects(lab, max_label=n)
+        out["bbox"] = np.array(
+            [
+                [sl[a].start + box[a].start for a in range(3)] + [sl[a].stop + box[a].start for a in range(3)]
+                for sl in objs
+            ],
+            np.int64,
+        ).reshape(n, 6)
+    return out
 
 
-def _read_global(job: _Job, region: Sequence[slice]) -> np.ndarray:
-    """Provisional global ids (int64, 0 = background) over ``region`` (may span blocks)."""
+def _label_block(job: _Job, block: Block) -> dict[str, Any]:
+    """Pass "label": connected components of the block's foreground (:func:`_label_into`)."""
+    box = block.roi.slices()
+    return _label_into(job, job.scratch, box, foreground(job.mask.read(box), job.kind, job.threshold))
+
+
+def _read_global(job: _Job, region: Sequence[slice], layer: str = "foreground") -> np.ndarray:
+    """Provisional global ids of ``layer`` (int64, 0 = background) over ``region`` (may span blocks)."""
     import zarr
 
-    local = zarr.open_array(job.scratch, mode="r")
+    path, offsets = job.layer(layer)
+    local = zarr.open_array(path, mode="r")
     bs, origin = job.plan.block_shape, job.plan.roi.offset
     out = np.zeros(tuple(s.stop - s.start for s in region), np.int64)
     ranges = [range((s.start - o) // b, (s.stop - 1 - o) // b + 1) for s, b, o in zip(region, bs, origin)]
@@ -134,9 +194,89 @@ def _read_global(job: _Job, region: Sequence[slice]) -> np.ndarray:
         box = job.plan.block(idx).roi.slices()
         part = tuple(slice(max(r.start, b.start), min(r.stop, b.stop)) for r, b in zip(region, box))
         v = np.asarray(local[part]).astype(np.int64)
-        v[v > 0] += job.offsets[job.flat(idx)]
+        if offsets:
+            v[v > 0] += offsets[job.flat(idx)]
         out[tuple(slice(p.start - r.start, p.stop - r.start) for p, r in zip(part, region))] = v
     return out
+
+
+def _region(job: _Job, block: Block, context: Sequence[int]) -> tuple[slice, slice, slice]:
+    """The block grown by ``context`` voxels per side, clipped to the volume."""
+    r = block.roi.grow(tuple(context)).intersect(job.mask.roi)
+    return r.slices()
+
+
+def _seed_block(job: _Job, block: Block) -> dict[str, Any]:
+    """Pass "seeds": label the cores ``distance >= s`` of the block (read with ``ceil(s / voxel)``
+    voxels of context, so the distance is exact) in the foreground, or with a seed threshold in
+    the foreground above it; per seed also its foreground component."""
+    assert job.split is not None
+    s = job.split.seed_distance_nm
+    box = block.roi.slices()
+    region = _region(job, block, halo_voxels(s, job.mask.voxel_size))
+    fg = _read_global(job, region) > 0
+    if job.split.seed_threshold is not None:
+        fg &= foreground(job.mask.read(region), job.kind, job.split.seed_threshold)
+    inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
+    cores = seed_cores(distance_nm(fg, job.mask.voxel_size, s), s)[inner]
+    out = _label_into(job, job.layer("seeds")[0], box, cores)
+    comps = np.load(job._in(_COMPONENTS), mmap_mode="r")
+    g = _read_global(job, box).ravel()
+    local = np.asarray(out["first"]) if out["n"] else np.zeros(0, np.int64)
+    where = np.ravel_multi_index(
+        tuple(c - b.start for c, b in zip(np.unravel_index(local, job.mask.shape), box)), cores.shape
+    )
+    out["component"] = np.asarray(comps[g[where]], np.int64)
+    return out
+
+
+def _flood_block(job: _Job, block: Block) -> dict[str, Any]:
+    """Pass "flood": the watershed from the global seeds over the block plus its context;
+    returns the split ids with first voxel and size, and the components split inexactly."""
+    import fastremap
+    import zarr
+
+    assert job.split is not None
+    vs, shape = job.mask.voxel_size, job.mask.shape
+    s = job.split.seed_distance_nm
+    box = block.roi.slices()
+    region = _region(job, block, halo_voxels(job.split.context_nm, vs))
+    inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
+    g = _read_global(job, region)
+    fg = g > 0
+    comps = np.load(job._in(_COMPONENTS), mmap_mode="r")
+    comp = np.asarray(comps[g[inner]], np.int64)
+    del g
+    seed_map = np.load(job._in(_SEED_MAP), mmap_mode="r")
+    markers = np.asarray(seed_map[_read_global(job, region, "seeds")], np.int64)
+    origin = [r.start for r in region]
+    lab = flood(fg, distance_nm(fg, vs, s), markers, job.connectivity, origin, shape)[inner]
+    del markers
+    out = np.where(lab > 0, lab, np.where(fg[inner], job.n_seeds + comp, 0))
+    path = job.layer("split")[0]
+    arr = zarr.open_array(path, mode="r+")
+    arr[box] = out.astype(arr.dtype)
+    fsync_chunks(path, box, arr.chunks)
+    ids, first, sizes = fastremap.unique(out.ravel(), return_index=True, return_counts=True)
+    sel = np.asarray(ids) > 0
+    coords = np.unravel_index(np.asarray(first)[sel].astype(np.int64), out.shape)
+    glob = np.ravel_multi_index(tuple(c + b.start for c, b in zip(coords, box)), shape)
+    # a seeded component whose box (grown by the seed distance) leaves the region floods
+    # differently than in one pass over the whole volume
+    seeded = np.load(job._in(_COMP_SEEDED), mmap_mode="r")
+    boxes = np.load(job._in(_COMP_BOX), mmap_mode="r")
+    present = np.unique(comp[comp > 0])
+    present = present[np.asarray(seeded[present - 1], bool)]
+    halo = np.array(halo_voxels(s, vs), np.int64)
+    lo = np.maximum(np.asarray(boxes[present - 1, :3]) - halo, 0)
+    hi = np.minimum(np.asarray(boxes[present - 1, 3:]) + halo, np.array(shape))
+    inside = np.all(lo >= [r.start for r in region], 1) & np.all(hi <= [r.stop for r in region], 1)
+    return {
+        "ids": np.asarray(ids)[sel].astype(np.int64),
+        "first": glob.astype(np.int64),
+        "sizes": np.asarray(sizes)[sel].astype(np.int64),
+        "inexact": present[~inside].astype(np.int64),
+    }
 
 
 def _half_neighbourhood(connectivity: int) -> list[Shape3]:
@@ -148,13 +288,13 @@ def _half_neighbourhood(connectivity: int) -> list[Shape3]:
     ]
 
 
-def _block_pairs(job: _Job, block: Block) -> np.ndarray:
-    """Pass "merge faces": pairs (a, b) of different provisional ids touching within the
-    block plus its lower halo, int64 (n, 2)."""
+def _block_pairs(job: _Job, block: Block, layer: str = "foreground") -> np.ndarray:
+    """Pass "merge faces" ("merge seeds"): pairs (a, b) of different provisional ids of ``layer``
+    touching within the block plus its lower halo, int64 (n, 2)."""
     box = block.roi.slices()
     lo = [max(s.start - 1, 0) for s in box]
     region = tuple(slice(a, s.stop) for a, s in zip(lo, box))
-    g = _read_global(job, region)
+    g = _read_global(job, region, layer)
     pairs = []
     for d in _half_neighbourhood(job.connectivity):
         a_sl = tuple(slice(max(0, -x), n - max(0, x)) for x, n in zip(d, g.shape))
@@ -174,7 +314,7 @@ def _relabel_block(job: _Job, block: Block) -> None:
 
     box = block.roi.slices()
     mapping = np.load(job.mapping, mmap_mode="r")
-    g = _read_global(job, box)
+    g = _read_global(job, box, "foreground" if job.split is None else "split")
     out = zarr.open_array(job.labels, mode="r+")
     out[box] = np.asarray(mapping[g.ravel()]).reshape(g.shape).astype(out.dtype)
     fsync_chunks(job.labels, box, out.chunks)
@@ -299,21 +439,74 @@ class InstancesResult:
     seconds: float
     resumed: int = 0
     note: str = ""
+    seeds: int = 0
+    """With a split: the seeds kept (each becomes an object unless the size filter drops it)."""
+    inexact: int = 0
+    """With a split: connected components larger than a block plus its context (grown by the
+    seed distance), whose split may differ from a single pass at block faces (0: exact)."""
 
 
-def _create_scratch(folder: Path, plan: BlockPlan) -> None:
-    """The scratch array of the "label" pass in a fresh ``OUTPUT.partial``."""
+def _create_scratch(folder: Path, plan: BlockPlan, split: bool = False) -> None:
+    """The scratch arrays in a fresh ``OUTPUT.partial``: of the "label" pass, and with a split
+    of the "seeds" and "flood" passes."""
     import zarr
 
     (folder / "work").mkdir(parents=True)
-    zarr.create_array(
-        str(folder / _SCRATCH),
-        shape=plan.roi.shape,
-        dtype=np.uint32,
-        chunks=plan.block_shape,
-        fill_value=0,
-        zarr_format=3,
-    )
+    arrays = [(_SCRATCH, np.uint32)] + ([(_SEEDS, np.uint32), (_SPLIT, np.uint64)] if split else [])
+    for name, dtype in arrays:
+        zarr.create_array(
+            str(folder / name),
+            shape=plan.roi.shape,
+            dtype=dtype,
+            chunks=plan.block_shape,
+            fill_value=0,
+            zarr_format=3,
+        )
+
+
+def _save(path: str, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def _components(n_total: int, edges: np.ndarray) -> tuple[int, np.ndarray]:
+    """Connected components of the graph of provisional ids 1..n_total joined by ``edges``:
+    the count and the component (0-based) of each id."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not n_total:
+        return 0, np.zeros(0, np.int64)
+    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0] - 1, edges[:, 1] - 1)), shape=(n_total, n_total))
+    n_comp, comp = connected_components(graph, directed=False)
+    return int(n_comp), comp.astype(np.int64)
+
+
+def _number(first: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, int]:
+    """Final ids 1..K (0: dropped) of the objects with first voxels ``first`` (global raster
+    index): those ``kept``, in raster order of first voxel; and K."""
+    order = np.argsort(np.where(kept, first, np.iinfo(np.int64).max), kind="stable")
+    final = np.zeros(len(first), np.int64)
+    n_kept = int(kept.sum())
+    final[order[:n_kept]] = np.arange(1, n_kept + 1)
+    return final, n_kept
+
+
+def _merge_layer(
+    results: list[dict[str, Any]], pairs: dict[Any, dict[str, Any]], indices: list[Shape3]
+) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
+    """Provisional id offsets per block, and per merged object (0-based) of the provisional
+    ids: the object of each id, the object count, first voxel and size."""
+    counts = np.array([r["n"] for r in results], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    edges = np.concatenate([np.asarray(pairs[b]["result"], np.int64).reshape(-1, 2) for b in indices])
+    n_obj, comp = _components(int(counts.sum()), edges)
+    first_vox = np.concatenate([np.asarray(r["first"], np.int64) for r in results])
+    sizes = np.concatenate([np.asarray(r["sizes"], np.int64) for r in results])
+    obj_first = np.full(n_obj, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(obj_first, comp, first_vox)
+    obj_size = np.bincount(comp, weights=sizes, minlength=n_obj).astype(np.int64)
+    return offsets, n_obj, comp, obj_first, obj_size
 
 
 def _create_labels(partial: Path, mask: Volume, dtype: Any, chunks: Shape3, meta: dict[str, Any], name: str) -> None:
@@ -342,8 +535,10 @@ def label_instances(
     retries: int = 2,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    split: SplitParams | None = None,
 ) -> InstancesResult:
-    """Connected components of ``mask`` into the folder ``output``.
+    """Connected components of ``mask`` into the folder ``output``, touching objects split
+    apart with ``split``.
 
     Foreground per :func:`organet.volumes.foreground.foreground` (probabilities
     ``>= threshold``, uint8 organet probabilities as value/255, masks and labels ``> 0``).
@@ -361,17 +556,26 @@ def label_instances(
     ledger ``OUTPUT.progress``: rerunning the same call after a kill resumes and gives the
     same bytes. ``client``: a Dask ``distributed.Client`` (None: in this process);
     blocks still failing after ``retries`` raise :class:`~organet.errors.BlockFailures`.
-    ``progress(stage, advance, total)`` follows the passes (stages :data:`STAGES`).
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    ``progress(stage, advance, total)`` follows the passes (stages :data:`STAGES`, with a
+    split :data:`SPLIT_STAGES`).
 
+    ``split``: a seeded watershed on the distance transform (nm, the voxel size of ``mask``)
+    separates touching objects (:mod:`organet.analyze.split`); the size filter applies to the
+    split objects. The flood of each block reads ``split.context_nm`` around it; with no
+    component larger than a block plus that context (:attr:`InstancesResult.inexact` = 0) the
+    labels equal those of one block covering the whole volume.
+    """
     t0 = time.time()
     if connectivity not in (1, 2, 3):
         raise InputError(f"connectivity must be 1, 2 or 3, got {connectivity}")
     if not min_size_nm3 >= 0:
         raise InputError(f"--min-size must be >= 0 nm³, got {min_size_nm3}")
     threshold = check_threshold(threshold)
+    if split is not None and split.seed_threshold is not None and prediction_kind(mask) == "binary":
+        raise InputError(
+            f"--seed-threshold {split.seed_threshold} needs a probability, but {mask.path or 'the mask'} is a "
+            f"binary mask ({mask.dtype}): give the probability (e.g. OUT.zarr/probability)"
+        )
     if raw is not None:
         if tuple(raw.shape) != tuple(mask.shape):
             raise IncompatibleError(f"raw shape {tuple(raw.shape)} differs from the mask's {tuple(mask.shape)}")
@@ -404,42 +608,36 @@ def label_instances(
         "min_size_nm3": float(min_size_nm3),
         "plan": plan.describe(),
     }
+    if split is not None:
+        run["split"] = split.describe()
     out = ResumableOutput(output, run, overwrite=overwrite)
     if out.complete:
         table = pd.read_parquet(output / "objects.parquet")
         note = "already complete: nothing to do"
         return InstancesResult(output, len(table), 0, table, time.time() - t0, 0, note)
-    out.start(functools.partial(_create_scratch, plan=plan))
+    out.start(functools.partial(_create_scratch, plan=plan, split=split is not None))
     partial, ledger, resumed = out.partial, out.ledger, out.resumed
-    job = _Job(mask, raw, kind, str(partial), plan, connectivity, threshold)
+    job = _Job(mask, raw, kind, str(partial), plan, connectivity, threshold, split=split)
     run_pass = functools.partial(run_blocks, ledger=ledger, client=client, retries=retries, progress=progress)
 
+    indices = list(plan.indices())
     first = run_pass(functools.partial(_label_block, job), plan, stage="label")
-    results = [first[b]["result"] for b in plan.indices()]
-    counts = np.array([r["n"] for r in results], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    n_total = int(counts.sum())
-    job = _Job(mask, raw, kind, str(partial), plan, connectivity, threshold, tuple(int(o) for o in offsets))
-
+    results = [first[b]["result"] for b in indices]
+    offsets = np.concatenate([[0], np.cumsum([r["n"] for r in results])[:-1]]).astype(np.int64)
+    job = dataclasses.replace(job, offsets=tuple(int(o) for o in offsets))
     pairs = run_pass(functools.partial(_block_pairs, job), plan, stage="merge faces")
-    edges = np.concatenate([np.asarray(pairs[b]["result"], np.int64).reshape(-1, 2) for b in plan.indices()])
-    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0] - 1, edges[:, 1] - 1)), shape=(n_total, n_total))
-    n_comp, comp = connected_components(graph, directed=False) if n_total else (0, np.zeros(0, np.int64))
-    first_vox = np.concatenate([np.asarray(r["first"], np.int64) for r in results])
-    sizes = np.concatenate([np.asarray(r["sizes"], np.int64) for r in results])
-    comp_first = np.full(n_comp, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(comp_first, comp, first_vox)
-    comp_size = np.bincount(comp, weights=sizes, minlength=n_comp)
+    _, n_comp, comp, comp_first, comp_size = _merge_layer(results, pairs, indices)
     voxel_nm3 = float(np.prod(mask.voxel_size))
-    kept = comp_size * voxel_nm3 >= min_size_nm3
-    order = np.argsort(np.where(kept, comp_first, np.iinfo(np.int64).max), kind="stable")
-    final = np.zeros(n_comp, np.int64)
-    n_kept = int(kept.sum())
-    final[order[:n_kept]] = np.arange(1, n_kept + 1)
+    n_seeds = n_inexact = 0
+    if split is None:
+        final, n_kept = _number(comp_first, comp_size * voxel_nm3 >= min_size_nm3)
+        n_objects = n_comp
+        mapping = np.concatenate([[0], final[comp]])
+    else:
+        n_seeds, n_inexact, final, n_kept, n_objects = _split(job, run_pass, results, comp, n_comp, min_size_nm3)
+        mapping = np.concatenate([[0], final])
     dtype = np.uint32 if n_kept < 2**32 else np.uint64
-    mapping = np.concatenate([[0], final[comp]]).astype(dtype)
-    with atomic_path(job.mapping) as tmp, open(tmp, "wb") as f:
-        np.save(f, mapping)
+    _save(job.mapping, mapping.astype(dtype))
     meta = {
         "kind": "instances",
         "source": mask.path,
@@ -458,10 +656,72 @@ def label_instances(
         table.to_parquet(tmp, index=False)
     remove_path(partial / "work")
     out.commit()
-    note = plan.note
+    notes = [plan.note] if plan.note else []
     if resumed:
-        note = (note + "; " if note else "") + f"resumed an interrupted run ({resumed} blocks were done)"
-    return InstancesResult(output, n_kept, n_comp - n_kept, table, time.time() - t0, resumed, note)
+        notes.append(f"resumed an interrupted run ({resumed} blocks were done)")
+    if n_inexact:
+        notes.append(
+            f"{n_inexact} connected components are larger than a block plus its context: their split may "
+            "differ from a single pass at block faces (raise --context or --block)"
+        )
+    return InstancesResult(
+        output, n_kept, n_objects - n_kept, table, time.time() - t0, resumed, "; ".join(notes), n_seeds, n_inexact
+    )
 
 
-__all__ = ["COLUMNS", "STAGES", "InstancesResult", "label_instances"]
+def _split(
+    job: _Job,
+    run_pass: Any,
+    results: list[dict[str, Any]],
+    comp: np.ndarray,
+    n_comp: int,
+    min_size_nm3: float,
+) -> tuple[int, int, np.ndarray, int, int]:
+    """The passes "seeds", "merge seeds" and "flood" (after the components are known); returns
+    the kept seeds, the inexact components, the final id of each split id (index 0 = id 1),
+    the objects kept and the objects before the size filter."""
+    params = job.split
+    assert params is not None
+    plan, mask = job.plan, job.mask
+    indices = list(plan.indices())
+    voxel_nm3 = float(np.prod(mask.voxel_size))
+    _save(job._in(_COMPONENTS), np.concatenate([[0], comp + 1]).astype(np.int64))
+    boxes = np.zeros((n_comp, 6), np.int64)
+    boxes[:, :3] = np.iinfo(np.int64).max
+    bb = np.concatenate([np.asarray(r["bbox"], np.int64).reshape(-1, 6) for r in results])
+    for a in range(3):
+        np.minimum.at(boxes[:, a], comp, bb[:, a])
+        np.maximum.at(boxes[:, a + 3], comp, bb[:, a + 3])
+    _save(job._in(_COMP_BOX), boxes)
+
+    seeds = run_pass(functools.partial(_seed_block, job), plan, stage="seeds")
+    seed_results = [seeds[b]["result"] for b in indices]
+    seed_offsets = np.concatenate([[0], np.cumsum([r["n"] for r in seed_results])[:-1]]).astype(np.int64)
+    job = dataclasses.replace(job, seed_offsets=tuple(int(o) for o in seed_offsets))
+    seed_pairs = run_pass(functools.partial(_block_pairs, job, layer="seeds"), plan, stage="merge seeds")
+    _, n_cores, core, core_first, core_size = _merge_layer(seed_results, seed_pairs, indices)
+    seed_id, n_seeds = _number(core_first, core_size * voxel_nm3 >= params.min_seed_size_nm3)
+    _save(job._in(_SEED_MAP), np.concatenate([[0], seed_id[core]]).astype(np.int64))
+    seeded = np.zeros(n_comp, bool)
+    seed_comp = np.concatenate([np.asarray(r["component"], np.int64) for r in seed_results])
+    seeded[seed_comp[seed_id[core] > 0] - 1] = True
+    _save(job._in(_COMP_SEEDED), seeded)
+
+    job = dataclasses.replace(job, n_seeds=n_seeds)
+    flooded = run_pass(functools.partial(_flood_block, job), plan, stage="flood")
+    n_ids = n_seeds + n_comp
+    first = np.full(n_ids, np.iinfo(np.int64).max, np.int64)
+    sizes = np.zeros(n_ids, np.int64)
+    inexact: set[int] = set()
+    for b in indices:
+        r = flooded[b]["result"]
+        ids = np.asarray(r["ids"], np.int64) - 1
+        np.minimum.at(first, ids, np.asarray(r["first"], np.int64))
+        np.add.at(sizes, ids, np.asarray(r["sizes"], np.int64))
+        inexact.update(int(c) for c in np.asarray(r["inexact"], np.int64))
+    present = sizes > 0
+    final, n_kept = _number(first, present & (sizes * voxel_nm3 >= min_size_nm3))
+    return n_seeds, len(inexact), final, n_kept, int(present.sum())
+
+
+__all__ = ["COLUMNS", "SPLIT_STAGES", "STAGES", "InstancesResult", "SplitParams", "label_instances"]

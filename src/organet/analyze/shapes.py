@@ -178,7 +178,7 @@ def surface_mesh(mask: np.ndarray, voxel_size: Sequence[float], sigma_vox: float
 
 def skeleton_graph(mask: np.ndarray, voxel_size: Sequence[float], prm: ShapeParams) -> tuple[float, int, int]:
     """(length nm, branch points, end points) of the TEASAR skeleton of ``mask`` (see the module docstring)."""
-    import kimimaro  # type: ignore[import-untyped]
+    import kimimaro
 
     vs = tuple(float(v) for v in voxel_size)
     const = prm.teasar_const_nm if prm.teasar_const_nm is not None else 2.0 * max(vs)
@@ -231,7 +231,7 @@ def _aligned(vol: Volume, labels: Volume, name: str) -> Volume:
 def _mask_distance(mask: np.ndarray, voxel_size: Sequence[float]) -> np.ndarray | None:
     """Per voxel: distance (nm, between voxel centres) to the nearest voxel with another mask label;
     None when the mask has a single label everywhere."""
-    import edt  # type: ignore[import-not-found]
+    import edt
 
     if len(np.unique(mask)) < 2:
         return None

@@ -25,6 +25,7 @@ import zarr
 
 from organet.errors import InputError
 from organet.volumes.atomic import atomic_write_text, fsync_chunks, remove_path, replace_path, temp_sibling
+from organet.volumes.remote import check_local_output
 
 from .ledger import Ledger
 from .lock import OutputLock, lock_path_for
@@ -120,6 +121,7 @@ class ResumableOutput:
     """
 
     def __init__(self, dst: str | os.PathLike[str], run: dict[str, Any], overwrite: bool = False) -> None:
+        check_local_output(dst)
         self.path = Path(dst).expanduser()
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.ledger_path = self.path.with_name(self.path.name + PROGRESS_SUFFIX)

@@ -1,6 +1,6 @@
 """``organet evaluate``: voxel F1 / precision / recall / IoU of a prediction (``--pred``), with a
 threshold sweep and its plot, or of the checkpoints of a training run (``--checkpoints``,
-mean ± sample SD over checkpoints)."""
+mean ± sample SD over checkpoints), or instance metrics of labels (``--instances``)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))
 CKPT = "Checkpoints of a training run (--checkpoints; mean ± SD over checkpoints)"
+INST = "Instances (--instances: labels, or masks as connected components)"
 VOXEL_HINT = "pass --voxel-size for files that lack it"
 
 
@@ -89,6 +90,27 @@ def evaluate(
             "--overwrite", help="recompute every checkpoint instead of reusing finished ones", rich_help_panel=CKPT
         ),
     ] = False,
+    instances: Annotated[
+        bool,
+        typer.Option(
+            "--instances",
+            help="score objects: matched F1 at IoU 0.5-0.95, ARAND, VI, merges, splits",
+            rich_help_panel=INST,
+        ),
+    ] = False,
+    min_overlap: Annotated[
+        float,
+        typer.Option(
+            help="merge: >= 2 true objects each with this fraction inside one predicted object (split: vice versa)",
+            rich_help_panel=INST,
+        ),
+    ] = 0.5,
+    min_size: Annotated[
+        float,
+        typer.Option(
+            "--min-size", help="ignore objects (predicted and true) smaller than this (nm³)", rich_help_panel=INST
+        ),
+    ] = 0.0,
     dask: ClusterOptions = ClusterOptions(),
 ) -> None:
     """Voxel F1 / precision / recall / IoU with an optional boundary exclusion zone.
@@ -102,6 +124,11 @@ def evaluate(
     probability is scored; per-checkpoint scores, their mean and sample SD (ddof = 1) go to
     a table, OUTPUT/summary.json, summary.md and f1_vs_iteration.png. Rerunning skips
     finished checkpoints. The exclusion zone defaults to the checkpoints' organelle.
+
+    With --instances --pred LABELS --truth LABELS_OR_MASK: objects against objects (a mask,
+    0/1 or bool, becomes its connected components): matched precision, recall, F1 and AP at
+    IoU 0.50-0.95, adapted Rand error, variation of information (split / merge), merges and
+    splits; --json writes them, --plot (default: the JSON path with .png) draws them.
     """
     from organet.organelles import organelle as find_organelle
 
@@ -114,6 +141,25 @@ def evaluate(
             "give either --pred (score a prediction) or --checkpoints (predict --input with each checkpoint "
             "of a run and score those), not both"
         )
+    if instances:
+        other = {
+            "--checkpoints": checkpoints,
+            "--input": input,
+            "--threshold": threshold,
+            "--sweep": sweep or None,
+            "--exclusion-zone": exclusion_zone,
+            "--organelle": organelle,
+            "--last": last,
+            "--every": every,
+            "--iterations": iterations,
+            "--output": output,
+            "--tile": tile,
+        }
+        for flag, value in other.items():
+            if value is not None:
+                raise InputError(f"{flag} does not apply to --instances")
+        _evaluate_instances(pred, truth, mask, voxel_size, roi_vox, roi_nm, json_out, plot, min_overlap, min_size, dask)
+        return
     if checkpoints is not None:
         for flag, value in (("--sweep", sweep or None), ("--json", json_out), ("--plot", plot)):
             if value is not None:
@@ -226,6 +272,99 @@ def _evaluate_prediction(
         out = plot or Path("threshold_sweep.png")
         plot_threshold_sweep(res, out)
         say(f"wrote {out}")
+
+
+def _evaluate_instances(
+    pred: str | None,
+    truth: str,
+    mask: str | None,
+    voxel_size: tuple[float, float, float] | None,
+    roi_vox: str | None,
+    roi_nm: str | None,
+    json_out: Path | None,
+    plot: Path | None,
+    min_overlap: float,
+    min_size: float,
+    dask: ClusterOptions,
+) -> None:
+    from organet.evaluate.instances import evaluate_instances
+    from organet.evaluate.instances_plot import plot_instance_scores
+    from organet.volumes import open_volume
+
+    if pred is None:
+        raise InputError("--instances needs --pred LABELS (e.g. the labels.zarr of `organet instances`)")
+    p = open_volume(pred, default_voxel_size=voxel_size)
+    t = open_volume(truth, default_voxel_size=voxel_size)
+    m = open_volume(mask, default_voxel_size=voxel_size) if mask else None
+    for v, what in ((t, f"truth {truth}"), (m, f"mask {mask}")):
+        if v is not None:
+            check_same_voxel_size(v.voxel_size, p.voxel_size, what, f"the prediction {pred}", VOXEL_HINT)
+    roi = parse_roi_options(t, roi_vox, roi_nm)
+    begin, end = roi.to_nm(t.voxel_size, t.offset) if roi is not None else p.bounds_nm
+    p, t = p.crop_nm(begin, end), t.crop_nm(begin, end)
+    m = m.crop_nm(begin, end) if m is not None else None
+    with dask.client() as client, ProgressBars() as progress:
+        res = evaluate_instances(
+            p, t, m, min_overlap=min_overlap, min_size_nm3=min_size, client=client, progress=progress
+        )
+    print_tables(console, instance_tables(res))
+    if json_out:
+        res.write_json(json_out)
+        say(f"wrote {json_out}")
+    out = plot or (json_out.with_suffix(".png") if json_out else None)
+    if out is not None:
+        plot_instance_scores(res, out)
+        say(f"wrote {out}")
+
+
+def instance_tables(res: Any) -> list[Any]:
+    """Two tables of an :class:`~organet.evaluate.instances.InstanceEvaluation`: the matching
+    per IoU threshold, and the segmentation errors (ARAND, VI, merges, splits)."""
+    from organet.cli.tables import _table, score
+
+    sweep = _table(
+        f"Instances: {res.pred_objects} predicted, {res.true_objects} true",
+        ("IoU", "TP", "FP", "FN", "precision", "recall", "F1", "AP"),
+        [
+            (
+                [
+                    f"{m.iou:.2f}",
+                    str(m.tp),
+                    str(m.fp),
+                    str(m.fn),
+                    score(m.precision),
+                    score(m.recall),
+                    score(m.f1),
+                    score(m.ap),
+                ],
+                "bold" if abs(m.iou - 0.5) < 1e-9 else None,
+            )
+            for m in res.sweep
+        ],
+        caption=f"mean over IoU {res.sweep[0].iou:g}-{res.sweep[-1].iou:g}: F1 {score(res.mean_f1)}, "
+        f"AP {score(res.mean_ap)}",
+    )
+    pairs = ", ".join(f"{p.a}+{p.b} (gap {p.gap})" for p in res.merged_pairs) or "none"
+    errors = _table(
+        "Segmentation errors (inside true objects)",
+        ("ARAND", "precision", "recall", "VI split", "VI merge", "merges", "splits"),
+        [
+            (
+                [
+                    score(res.arand),
+                    score(res.arand_precision),
+                    score(res.arand_recall),
+                    score(res.vi_split),
+                    score(res.vi_merge),
+                    str(len(res.merges)),
+                    str(len(res.splits)),
+                ],
+                None,
+            )
+        ],
+        caption=f"VI in bits; merges/splits at overlap {res.min_overlap:g}; merged true pairs: {pairs}",
+    )
+    return [sweep, errors]
 
 
 def _parse_iterations(text: str | None) -> list[int] | None:

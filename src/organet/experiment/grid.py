@@ -51,6 +51,7 @@ from organet.config import ExperimentConfig, format_validation_error, load_confi
 from organet.errors import ConfigError
 from organet.progress import ProgressFn
 from organet.volumes.atomic import atomic_write_text
+from organet.volumes.remote import is_url
 
 PATH_KEYS = re.compile(r"^(data\.(train|validation)\.\d+\.(raw|labels|mask)|evaluation\.(input|truth|mask))$")
 """Dotted keys whose values are paths (resolved against the grid file's folder)."""
@@ -178,7 +179,7 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any, where: str) -> None:
 def _resolve(key: str, value: Any, base: Path) -> Any:
     if isinstance(value, str) and PATH_KEYS.match(key):
         inner = value.split(":/")[0]
-        return value if Path(inner).is_absolute() else str(base / value)
+        return value if is_url(value) or Path(inner).is_absolute() else str(base / value)
     return value
 
 

@@ -275,7 +275,7 @@ def memory_budget(device: str = "cpu", fraction: float | None = None, workers: i
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int((fraction if fraction is not None else 0.8) * free)
     try:
-        import psutil  # type: ignore[import-untyped]
+        import psutil
 
         avail = int(psutil.virtual_memory().available)
     except ImportError:

@@ -19,6 +19,7 @@ from organet.errors import VolumeError
 
 from .atomic import remove_path, replace_path
 from .geometry import Vec3, as_int3, as_vec3, unit_to_nm
+from .remote import check_local_output
 from .volume import Unavailable, Volume
 
 OME_VERSION = "0.5"
@@ -258,6 +259,7 @@ def write_ome_zarr(dst: str | os.PathLike[str], overwrite: bool = False) -> Iter
     exception it is deleted and ``dst`` is untouched. ``dst`` may also be a path inside
     an existing container (``out.zarr/probability``) to add one image atomically.
     """
+    check_local_output(dst)
     dst = Path(dst).expanduser()
     if (dst.exists() or dst.is_symlink()) and not overwrite:
         raise VolumeError(f"output already exists: {dst} (pass --overwrite, or overwrite=True, to replace it)")

@@ -11,8 +11,9 @@ import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -20,12 +21,14 @@ from organet.errors import VolumeError
 
 from .geometry import Vec3, as_vec3, unit_to_nm
 from .ome_zarr import ORGANET_KEY, find_multiscales, ome_geometry
+from .remote import RemoteStore, is_url, kvstore_spec
 from .volume import LazyArray, SqueezeLeading, Volume
 
 ACCEPTED_FORMS = (
     "a multi-page TIFF (X.tif / X.tiff); a folder of TIFF or PNG slices (numbered, e.g. slice_0001.tif); "
     "a zarr v2/v3 array or OME-Zarr image (X.zarr, X.zarr/path/in/container); "
-    "an N5 dataset (X.n5/dataset); an HDF5 dataset (X.h5:/group/dataset or X.h5/group/dataset, also .hdf5/.hdf)"
+    "an N5 dataset (X.n5/dataset); an HDF5 dataset (X.h5:/group/dataset or X.h5/group/dataset, also .hdf5/.hdf); "
+    "zarr, OME-Zarr and N5 also at http(s):// and s3:// URLs (read-only)"
 )
 _CONTAINER_SUFFIXES = {".zarr": "zarr", ".n5": "n5", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5"}
 _TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -295,8 +298,11 @@ def _open_slices(path: Path, inner: str, mode: str) -> _Opened:
 # -- zarr ------------------------------------------------------------------------------
 def _zarr_array_meta(arr: Any) -> tuple[Vec3 | None, Vec3 | None, dict[str, Any]]:
     """funlib/daisy-style array attributes: ``resolution``/``voxel_size``, ``offset`` (nm, z, y, x)."""
-    a = dict(arr.attrs)
-    where = f"attributes of {arr.path or 'root array'}"
+    return _array_attrs_meta(dict(arr.attrs), f"attributes of {arr.path or 'root array'}")
+
+
+def _array_attrs_meta(a: dict[str, Any], where: str) -> tuple[Vec3 | None, Vec3 | None, dict[str, Any]]:
+    """:func:`_zarr_array_meta` on an attribute dict (``where`` names it in messages)."""
     vs = next((a[k] for k in ("voxel_size", "resolution") if k in a), None)
     vs = as_vec3(vs, f"voxel size in {where}", positive=True) if vs is not None else None
     off = as_vec3(a["offset"], f"offset in {where}") if "offset" in a else None
@@ -516,6 +522,117 @@ def _open_hdf5(path: Path, inner: str, mode: str) -> _Opened:
     )
 
 
+# -- remote: http(s):// and s3:// zarr and N5 through tensorstore ------------------------
+def split_url(url: str) -> tuple[str, str, str | None]:
+    """Split a URL like :func:`split_spec`: (container URL, path inside it, "zarr" / "n5" / None).
+
+    The container is the first path segment ending in .zarr or .n5 (case-insensitive).
+    """
+    parts = urlsplit(url)
+    segments = [p for p in parts.path.split("/") if p]
+    for i, seg in enumerate(segments):
+        kind = _CONTAINER_SUFFIXES.get(PurePosixPath(seg).suffix.lower())
+        if kind == "hdf5":
+            raise VolumeError(f"cannot open {url}: HDF5 cannot be read from a URL; expected a zarr or N5 URL")
+        if kind is not None:
+            base = f"{parts.scheme}://{parts.netloc}/" + "/".join(segments[: i + 1])
+            return base, "/".join(segments[i + 1 :]), kind
+    return f"{parts.scheme}://{parts.netloc}/" + "/".join(segments), "", None
+
+
+def _remote_zarr_node(store: RemoteStore, inner: str) -> tuple[str, int, dict[str, Any]] | None:
+    """(node type "array" / "group", zarr format 2 / 3, attributes) at ``inner``; None if nothing is there."""
+    pre = f"{inner}/" if inner else ""
+    meta = store.read_json(pre + "zarr.json")
+    if meta is not None:
+        kind = meta.get("node_type")
+        if kind not in ("array", "group"):
+            raise VolumeError(f"{store.where(pre + 'zarr.json')}: node_type {kind!r}; expected 'array' or 'group'")
+        return str(kind), 3, dict(meta.get("attributes") or {})
+    for key, kind in ((".zarray", "array"), (".zgroup", "group")):
+        if store.read_json(pre + key) is not None:
+            return kind, 2, store.read_json(pre + ".zattrs") or {}
+    return None
+
+
+def _open_remote_zarr(store: RemoteStore, inner: str) -> _Opened:
+    where = store.where(inner)
+    node = _remote_zarr_node(store, inner)
+    if node is None:
+        raise VolumeError(f"cannot open {where}: no zarr array or group found (expected zarr.json, .zarray or .zgroup)")
+    kind, fmt, attrs = node
+    if kind == "group":
+        ms = find_multiscales(attrs)
+        if ms is None:
+            raise VolumeError(
+                f"{where} is a zarr group without OME-Zarr multiscales; name the array inside it "
+                "(a remote group cannot be listed)"
+            )
+        ds = ms[0]["datasets"][0]
+        path = f"{inner}/{ds['path']}".strip("/")
+        sub = _remote_zarr_node(store, path)
+        if sub is None or sub[0] != "array":
+            raise VolumeError(f"{where}: OME-Zarr dataset {ds['path']!r} is {'missing' if sub is None else 'a group'}")
+        arr = store.open_array("zarr3" if sub[1] == 3 else "zarr", path)
+        n_lead, ome_vs, ome_off = ome_geometry(ms[0], ds, arr.shape, where)
+        return _wrap_zarr(arr, n_lead, ome_vs, ome_off, _organet_attrs(attrs), "r", where)
+    arr = store.open_array("zarr3" if fmt == 3 else "zarr", inner)
+    if inner:  # an array: use the OME metadata of its parent image group when it has some
+        parent, _, name = inner.rpartition("/")
+        pnode = _remote_zarr_node(store, parent)
+        ms = find_multiscales(pnode[2]) if pnode is not None and pnode[0] == "group" else None
+        ds = next((d for d in (ms[0]["datasets"] if ms else []) if d.get("path") == name), None)
+        if ms and ds is not None and pnode is not None:
+            n_lead, ome_vs, ome_off = ome_geometry(ms[0], ds, arr.shape, where)
+            return _wrap_zarr(arr, n_lead, ome_vs, ome_off, _organet_attrs(pnode[2]), "r", where)
+    vs, off, own = _array_attrs_meta(attrs, f"attributes of {where}")
+    return _wrap_zarr(arr, 0, vs, off, own, "r", where)
+
+
+def _open_remote_n5(store: RemoteStore, inner: str) -> _Opened:
+    where = store.where(inner)
+    pre = f"{inner}/" if inner else ""
+    attrs = store.read_json(pre + "attributes.json")
+    if attrs is None:
+        raise VolumeError(f"cannot open {where}: no attributes.json found; expected an N5 dataset or group")
+    group_attrs: dict[str, Any] = {}
+    if "dimensions" not in attrs:  # a group: its s0 (a remote group cannot be listed)
+        s0 = store.read_json(pre + "s0/attributes.json")
+        if s0 is None or "dimensions" not in s0:
+            raise VolumeError(
+                f"{where} is an N5 group without an s0 dataset; name a dataset inside it "
+                "(a remote group cannot be listed)"
+            )
+        group_attrs, attrs, inner = attrs, s0, pre + "s0"
+        where = store.where(inner)
+    data = store.open_array("n5", inner).T  # N5 stores (x, y, z)
+    vs, off = _n5_meta(attrs, where)
+    if vs is None and group_attrs:
+        vs, off2 = _n5_meta(group_attrs, where)
+        off = off if off is not None else off2
+    return _Opened(data, vs, off, chunks=data.chunks, note=f"no resolution in {where}/attributes.json")
+
+
+def _open_remote(url: str, mode: str) -> _Opened:
+    """Open a zarr / OME-Zarr / N5 volume at an http(s):// or s3:// URL, read-only."""
+    if mode == "r+":
+        raise VolumeError(f"cannot open {url} for writing: remote volumes are read-only; expected a local path")
+    kvstore_spec(url)  # the scheme, host and form of the URL
+    container, inner, kind = split_url(url)
+    store = RemoteStore(container)
+    if kind is None:
+        if _remote_zarr_node(store, "") is not None:
+            kind = "zarr"
+        elif store.read_json("attributes.json") is not None:
+            kind = "n5"
+        else:
+            raise VolumeError(
+                f"cannot open {url}: no zarr.json, .zarray, .zgroup or N5 attributes.json found there; "
+                "expected a zarr v2/v3 array, an OME-Zarr image or an N5 dataset"
+            )
+    return _open_remote_zarr(store, inner) if kind == "zarr" else _open_remote_n5(store, inner)
+
+
 _READERS: dict[str, Callable[[Path, str, str], _Opened]] = {
     "tiff": _open_tiff,
     "slices": _open_slices,
@@ -524,6 +641,22 @@ _READERS: dict[str, Callable[[Path, str, str], _Opened]] = {
     "hdf5": _open_hdf5,
 }
 _WRITABLE = {"zarr", "n5", "hdf5"}
+
+
+def _open_local(text: str, mode: str) -> _Opened:
+    container, inner, kind = split_spec(text)
+    if not container.exists():
+        raise VolumeError(f"no such file or directory: {container}")
+    kind = kind or _sniff(container)
+    if kind is None:
+        raise VolumeError(f"cannot open {text}: unknown format. Accepted: {ACCEPTED_FORMS}")
+    if kind == "zarr" and not container.is_dir():
+        raise VolumeError(f"{container} is not a zarr directory")
+    if kind in ("tiff", "slices") and inner:
+        raise VolumeError(f"cannot open {text}: a path inside a {kind} image is not supported")
+    if mode == "r+" and kind not in _WRITABLE:
+        raise VolumeError(f"cannot open {text} for writing: {kind} volumes are read-only (use zarr, N5 or HDF5)")
+    return _READERS[kind](container, inner, mode)
 
 
 def open_volume(
@@ -539,26 +672,16 @@ def open_volume(
     ``spec``: see ``ACCEPTED_FORMS``. ``voxel_size`` / ``offset`` (nm, z, y, x) override
     the file's metadata; ``default_voxel_size`` applies only when the file has none (a
     TIFF from instrument software); without any voxel size, (1, 1, 1) is used with a warning.
-    ``mode="r+"`` opens zarr, N5 and HDF5 data writable.
+    ``mode="r+"`` opens local zarr, N5 and HDF5 data writable. An ``http(s)://`` or
+    ``s3://`` URL of a zarr / OME-Zarr / N5 volume is opened read-only and only its
+    metadata is fetched; reads fetch the chunks they cover (:mod:`organet.volumes.remote`).
     """
     if mode not in ("r", "r+"):
         raise VolumeError(f"mode must be 'r' or 'r+', got {mode!r}")
     text = os.fspath(spec)
-    container, inner, kind = split_spec(text)
-    if not container.exists():
-        raise VolumeError(f"no such file or directory: {container}")
-    kind = kind or _sniff(container)
-    if kind is None:
-        raise VolumeError(f"cannot open {text}: unknown format. Accepted: {ACCEPTED_FORMS}")
-    if kind == "zarr" and not container.is_dir():
-        raise VolumeError(f"{container} is not a zarr directory")
-    if kind in ("tiff", "slices") and inner:
-        raise VolumeError(f"cannot open {text}: a path inside a {kind} image is not supported")
-    if mode == "r+" and kind not in _WRITABLE:
-        raise VolumeError(f"cannot open {text} for writing: {kind} volumes are read-only (use zarr, N5 or HDF5)")
     if default_voxel_size is not None:  # checked even where the file's own voxel size wins
         default_voxel_size = as_vec3(default_voxel_size, "voxel_size (nm)", positive=True)
-    opened = _READERS[kind](container, inner, mode)
+    opened = _open_remote(text, mode) if is_url(text) else _open_local(text, mode)
     try:
         vs = as_vec3(voxel_size, "voxel_size (nm)", positive=True) if voxel_size is not None else opened.voxel_size
         if vs is None and default_voxel_size is not None:
@@ -582,4 +705,12 @@ def open_volume(
     return vol
 
 
-__all__ = ["ACCEPTED_FORMS", "SliceStack", "TensorStoreArray", "list_slices", "open_volume", "split_spec"]
+__all__ = [
+    "ACCEPTED_FORMS",
+    "SliceStack",
+    "TensorStoreArray",
+    "list_slices",
+    "open_volume",
+    "split_spec",
+    "split_url",
+]

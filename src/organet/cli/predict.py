@@ -69,6 +69,13 @@ def predict(
         typer.Option(help="auto (bf16 on GPUs with it, else fp32) | fp32 | bf16 | fp16", rich_help_panel=PREDICTION),
     ] = "auto",
     batch_size: Annotated[int, typer.Option(help="tiles per forward pass", rich_help_panel=PREDICTION)] = 1,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="torch | openvino (CPU and fp32 only; pip install 'organet[openvino]'; benchmarks/backends.py)",
+            rich_help_panel=PREDICTION,
+        ),
+    ] = "torch",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]", rich_help_panel=PREDICTION)] = "auto",
     threshold: Annotated[
         float, typer.Option(help="probability threshold of the mask", rich_help_panel=PREDICTION)
@@ -121,6 +128,7 @@ def predict(
         tta=tta,
         precision=precision,
         memory_gib=memory_gib,
+        backend=backend,
     )
     sample = None
     if mask is not None or mask_rule is not None:

@@ -18,6 +18,7 @@ same bytes as one region.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import os
 import threading
@@ -36,22 +37,50 @@ from organet.volumes.resample import GridMap, ResampledVolume
 from organet.volumes.roi import Roi
 
 from .plan import TilePlan, memory_budget, plan_tiles
-from .tiled import TileGrid, resolve_precision, run_tiles, tile_grid, tta_variants
+from .tiled import (
+    BACKENDS,
+    OPENVINO_MISSING,
+    OpenVinoNetwork,
+    TileGrid,
+    openvino_model,
+    resolve_precision,
+    run_tiles,
+    tile_grid,
+    tta_variants,
+)
 
-_MODELS: dict[tuple[str, int, int, str], Any] = {}
+_MODELS: dict[tuple[str, int, int, str, str, int], Any] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def _cached_model(checkpoint: str, device: str) -> Any:
-    """The network of ``checkpoint`` on ``device``, loaded once per process
-    (keyed by path, size, mtime and device)."""
+def openvino_ir_path(checkpoint: str | os.PathLike[str]) -> Path:
+    """Where the OpenVINO model of ``checkpoint`` is cached: ``<cache>/openvino/<sha256 of the
+    checkpoint>-organet<version>-openvino<version>/model.xml`` (cache root:
+    :func:`organet.model.registry.cache_dir`)."""
+    import openvino as ov
+
+    from organet import __version__
+    from organet.model.checkpoint import file_sha256
+    from organet.model.registry import cache_dir
+
+    key = f"{file_sha256(checkpoint)}-organet{__version__}-openvino{ov.__version__.split('-')[0]}"
+    return cache_dir() / "openvino" / key / "model.xml"
+
+
+def _cached_model(checkpoint: str, device: str, backend: str = "torch", threads: int = 0) -> Any:
+    """The network of ``checkpoint`` on ``device`` for ``backend`` (with ``threads`` CPU
+    threads for OpenVINO), loaded once per process (keyed by path, size, mtime, device,
+    backend and threads)."""
     from organet.model.checkpoint import load_checkpoint
 
     st = os.stat(checkpoint)
-    key = (os.path.abspath(checkpoint), st.st_size, st.st_mtime_ns, device)
+    key = (os.path.abspath(checkpoint), st.st_size, st.st_mtime_ns, device, backend, threads)
     with _MODELS_LOCK:
         if key not in _MODELS:
-            _MODELS[key] = load_checkpoint(checkpoint).build_model().to(device).eval()
+            net: Any = load_checkpoint(checkpoint).build_model().to(device).eval()
+            if backend == "openvino":
+                net = OpenVinoNetwork(openvino_model(net, openvino_ir_path(checkpoint)), threads)
+            _MODELS[key] = net
         return _MODELS[key]
 
 
@@ -105,7 +134,8 @@ class Predictor:
     size; None: chosen by :meth:`for_region`, the tile as the least work that fits
     ``memory_gib``, :mod:`organet.predict.plan`). ``precision``: ``auto`` (bf16 on CUDA
     devices that support it, else fp32), ``fp32``, ``bf16`` or ``fp16``.
-    ``threads``: torch CPU threads per process (None: torch's default).
+    ``threads``: torch CPU threads per process (None: torch's default). ``backend``: ``torch``
+    or ``openvino`` (CPU and fp32 only, :data:`~organet.predict.tiled.BACKENDS`).
     """
 
     architecture: UNetConfig
@@ -121,6 +151,7 @@ class Predictor:
     precision: str = "auto"
     memory_gib: float | None = None
     threads: int | None = None
+    backend: str = "torch"
     organelle: str = ""
     iteration: int = 0
     _model: Any = field(default=None, repr=False, compare=False)
@@ -157,6 +188,15 @@ class Predictor:
         if self.memory_gib is not None and not self.memory_gib > 0:
             raise InputError(f"memory budget must be > 0 GiB, got {self.memory_gib}")
         resolve_precision(self.precision, "cuda" if self.precision == "fp16" else "cpu")
+        if self.backend not in BACKENDS:
+            raise InputError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
+        if self.backend != "torch" and (self.device not in ("auto", "cpu") or self.precision not in ("auto", "fp32")):
+            raise InputError(
+                f"backend {self.backend!r} runs on the CPU in fp32; got device {self.device!r} and precision "
+                f"{self.precision!r} (use --backend torch for other devices or precisions)"
+            )
+        if self.backend == "openvino" and importlib.util.find_spec("openvino") is None:
+            raise InputError(OPENVINO_MISSING)
         if self.tile is not None:
             tile_grid(self.architecture, self.tile)  # validate now
             tta_variants(self.tta, self.tile)
@@ -200,11 +240,14 @@ class Predictor:
         :func:`~organet.predict.plan.memory_budget` of the device."""
         if self.memory_gib is not None:
             return int(self.memory_gib * 2**30)
-        return memory_budget(_worker_device(self.device))
+        return memory_budget(self._device())
 
     def resolved_precision(self) -> str:
         """The precision the forward passes use on this Predictor's device."""
-        return resolve_precision(self.precision, _worker_device(self.device))
+        return resolve_precision(self.precision, self._device())
+
+    def _device(self) -> str:
+        return "cpu" if self.backend != "torch" else _worker_device(self.device)
 
     def tile_plan(self, region_shape: Sequence[int]) -> TilePlan:
         """The tile with the least work for a model-grid region of ``region_shape`` (voxels)
@@ -251,14 +294,20 @@ class Predictor:
             "precision": self.resolved_precision(),
             "normalization": self.normalization.model_dump(),
             "batch_size": self.batch_size,
+            "backend": self.backend,
         }
 
     # ------------------------------------------------------------------ prediction
     def _network(self, device: str) -> Any:
+        import torch
+
+        threads = torch.get_num_threads() if self.backend != "torch" else 0
         if self._model is not None:
+            if self.backend == "openvino":  # a live network changes between calls: converted each time
+                return OpenVinoNetwork(openvino_model(self._model), threads)
             return self._model.to(device).eval()
         assert self.checkpoint is not None
-        return _cached_model(self.checkpoint, device)
+        return _cached_model(self.checkpoint, device, self.backend, threads)
 
     def predict_model_grid(self, source: Any, region: Roi) -> np.ndarray:
         """Foreground probability (float32) of ``region``, in voxels of the model grid
@@ -267,7 +316,7 @@ class Predictor:
 
         if self.threads:
             torch.set_num_threads(self.threads)
-        device = _worker_device(self.device)
+        device = self._device()
         grid = self.grid()
         origin, shape, starts = grid.covering(region.offset, region.end, self.anchor or (0, 0, 0))
         buf = np.zeros(shape, np.float32)

@@ -14,10 +14,14 @@ Shapes and offsets are in voxels, axis order (z, y, x).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -198,10 +202,73 @@ def resolve_precision(precision: str | None, device: torch.device | str) -> str:
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
+BACKENDS = ("torch", "openvino")
+"""Forward-pass backends: ``torch`` (any device and precision) or ``openvino`` (CPU, fp32;
+``pip install 'organet[openvino]'``; speed measured by ``benchmarks/backends.py``)."""
+
+OPENVINO_MISSING = "backend 'openvino' needs the openvino package: pip install 'organet[openvino]'"
+
+
+def openvino_model(network: UNet, ir: Path | None = None) -> Any:
+    """``network`` as an OpenVINO model with dynamic batch and spatial axes (one model serves
+    every valid tile shape).
+
+    With ``ir`` (the ``.xml`` path of an OpenVINO IR) it is read from there if present, else
+    converted (OpenVINO's torch frontend) and saved there with fp32 weights, the folder of
+    ``ir`` written whole or not at all.
+    """
+    try:
+        import openvino as ov
+    except ImportError:
+        raise InputError(OPENVINO_MISSING) from None
+    from organet.volumes.atomic import remove_path, temp_sibling
+
+    if ir is not None and ir.exists():
+        return ov.Core().read_model(str(ir))
+    cfg = network.cfg
+    size = next(i for i, o in valid_sizes(cfg, max_size=512) if o >= max(cfg.total_factor))
+    example = torch.zeros(1, cfg.in_channels, size, size, size)
+    net = copy.deepcopy(network).cpu().eval()  # the caller's network keeps its device and mode
+    with warnings.catch_warnings():  # tracing notes on the shape checks of UNet.forward
+        warnings.simplefilter("ignore")
+        model = ov.convert_model(net, example_input=example, input=[(-1, cfg.in_channels, -1, -1, -1)])
+    if ir is not None:
+        ir.parent.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_sibling(ir.parent)
+        ov.save_model(model, str(tmp / ir.name), compress_to_fp16=False)
+        try:
+            tmp.rename(ir.parent)
+        except OSError:  # another process saved the same model first
+            remove_path(tmp)
+    return model
+
+
+class OpenVinoNetwork:
+    """An OpenVINO model compiled for the CPU, called like the torch network: logits
+    ``(N, 2, z, y, x)`` from a float32 CPU tensor ``(N, 1, z, y, x)``, any batch and valid tile.
+
+    Compiled in fp32 (OpenVINO would pick bf16 on CPUs that have it) with ``threads`` threads
+    in one stream; each calling thread gets its own inference request.
+    """
+
+    def __init__(self, model: Any, threads: int) -> None:
+        import openvino as ov
+
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
+        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        self._local = threading.local()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        out = request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})[0]
+        return torch.from_numpy(np.array(out, dtype=np.float32))
+
 
 @torch.no_grad()
 def run_tiles(
-    model: UNet,
+    model: UNet | Callable[[torch.Tensor], torch.Tensor],
     raw: ArrayLike3D,
     normalization: Normalization,
     grid: TileGrid,
@@ -219,12 +286,14 @@ def run_tiles(
     The next batch is read and normalized in a background thread while the current one
     computes. ``precision``: see :func:`resolve_precision` (autocast for bf16/fp16; the
     softmax is taken in fp32). ``tta``: None (off), ``"mirror"`` (mean over the 8 mirror
-    combinations) or ``"mirror+transpose"`` (16; needs a tile square in y, x).
+    combinations) or ``"mirror+transpose"`` (16; needs a tile square in y, x). ``model``: the
+    torch network or anything called like it on the CPU (:class:`OpenVinoNetwork`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     device = torch.device(device)
-    model = model.to(device).eval()
+    if isinstance(model, torch.nn.Module):
+        model = model.to(device).eval()
     prec = resolve_precision(precision, device)
     variants = tta_variants(tta, grid.tile_in)
     ctx = grid.context

@@ -18,14 +18,14 @@ from organet.cli.options import (
 )
 from organet.cli.output import console, say
 from organet.cli.progress import ProgressBars
-from organet.cli.tables import checkpoint_table, evaluation_tables, print_tables
+from organet.cli.tables import checkpoint_table, evaluation_tables, instance_tables, print_tables
 from organet.errors import InputError
+from organet.evaluate.metrics import SWEEP
 from organet.volumes.geometry import check_same_voxel_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from organet.volumes import Volume
 
-SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))
 CKPT = "Checkpoints of a training run (--checkpoints; mean ± SD over checkpoints)"
 INST = "Instances (--instances: labels, or masks as connected components)"
 VOXEL_HINT = "pass --voxel-size for files that lack it"
@@ -315,56 +315,6 @@ def _evaluate_instances(
     if out is not None:
         plot_instance_scores(res, out)
         say(f"wrote {out}")
-
-
-def instance_tables(res: Any) -> list[Any]:
-    """Two tables of an :class:`~organet.evaluate.instances.InstanceEvaluation`: the matching
-    per IoU threshold, and the segmentation errors (ARAND, VI, merges, splits)."""
-    from organet.cli.tables import _table, score
-
-    sweep = _table(
-        f"Instances: {res.pred_objects} predicted, {res.true_objects} true",
-        ("IoU", "TP", "FP", "FN", "precision", "recall", "F1", "AP"),
-        [
-            (
-                [
-                    f"{m.iou:.2f}",
-                    str(m.tp),
-                    str(m.fp),
-                    str(m.fn),
-                    score(m.precision),
-                    score(m.recall),
-                    score(m.f1),
-                    score(m.ap),
-                ],
-                "bold" if abs(m.iou - 0.5) < 1e-9 else None,
-            )
-            for m in res.sweep
-        ],
-        caption=f"mean over IoU {res.sweep[0].iou:g}-{res.sweep[-1].iou:g}: F1 {score(res.mean_f1)}, "
-        f"AP {score(res.mean_ap)}",
-    )
-    pairs = ", ".join(f"{p.a}+{p.b} (gap {p.gap})" for p in res.merged_pairs) or "none"
-    errors = _table(
-        "Segmentation errors (inside true objects)",
-        ("ARAND", "precision", "recall", "VI split", "VI merge", "merges", "splits"),
-        [
-            (
-                [
-                    score(res.arand),
-                    score(res.arand_precision),
-                    score(res.arand_recall),
-                    score(res.vi_split),
-                    score(res.vi_merge),
-                    str(len(res.merges)),
-                    str(len(res.splits)),
-                ],
-                None,
-            )
-        ],
-        caption=f"VI in bits; merges/splits at overlap {res.min_overlap:g}; merged true pairs: {pairs}",
-    )
-    return [sweep, errors]
 
 
 def _parse_iterations(text: str | None) -> list[int] | None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from organet.demo.run import DemoResult
     from organet.evaluate.blockwise import EvaluationResult
     from organet.evaluate.checkpoints import CheckpointEvaluation
+    from organet.evaluate.instances import InstanceEvaluation
     from organet.evaluate.metrics import Counts
     from organet.model.registry import ModelEntry
 
@@ -221,3 +222,51 @@ def plan_table(plans: Sequence[Any], chosen: Any, budget: int, region: Sequence[
         rows,
         caption=f"memory budget {budget / 2**30:.2f} GiB per forward pass; dim: over budget; bold: the plan",
     )
+
+
+def instance_tables(res: InstanceEvaluation) -> list[Table]:
+    """Two tables of an :class:`~organet.evaluate.instances.InstanceEvaluation`: the matching
+    per IoU threshold, and the segmentation errors (ARAND, VI, merges, splits)."""
+    sweep = _table(
+        f"Instances: {res.pred_objects} predicted, {res.true_objects} true",
+        ("IoU", "TP", "FP", "FN", "precision", "recall", "F1", "AP"),
+        [
+            (
+                [
+                    f"{m.iou:.2f}",
+                    str(m.tp),
+                    str(m.fp),
+                    str(m.fn),
+                    score(m.precision),
+                    score(m.recall),
+                    score(m.f1),
+                    score(m.ap),
+                ],
+                "bold" if abs(m.iou - 0.5) < 1e-9 else None,
+            )
+            for m in res.sweep
+        ],
+        caption=f"mean over IoU {res.sweep[0].iou:g}-{res.sweep[-1].iou:g}: F1 {score(res.mean_f1)}, "
+        f"AP {score(res.mean_ap)}",
+    )
+    pairs = ", ".join(f"{p.a}+{p.b} (gap {p.gap})" for p in res.merged_pairs) or "none"
+    errors = _table(
+        "Segmentation errors (inside true objects)",
+        ("ARAND", "precision", "recall", "VI split", "VI merge", "merges", "splits"),
+        [
+            (
+                [
+                    score(res.arand),
+                    score(res.arand_precision),
+                    score(res.arand_recall),
+                    score(res.vi_split),
+                    score(res.vi_merge),
+                    str(len(res.merges)),
+                    str(len(res.splits)),
+                ],
+                None,
+            )
+        ],
+        caption=f"VI in bits; merges/splits at overlap {res.min_overlap:g}; merged true pairs: {pairs}",
+    )
+    return [sweep, errors]

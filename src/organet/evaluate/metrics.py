@@ -21,6 +21,9 @@ import numpy as np
 from organet.errors import IncompatibleError, InputError
 from organet.evaluate.exclusion import ExclusionMetric, exclusion_zone, normalize_exclusion
 
+SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))
+"""The probability thresholds of a sweep (``organet evaluate --sweep``, reports): 0.05 … 0.95."""
+
 
 def _ratio(num: int, den: int) -> float:
     return num / den if den else math.nan

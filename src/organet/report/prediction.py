@@ -15,13 +15,13 @@ from typing import Any
 
 from organet.blockwise.output import read_run
 from organet.errors import InputError
+from organet.evaluate.metrics import SWEEP
 from organet.volumes import Roi, Volume, open_volume
 from organet.volumes.geometry import check_same_voxel_size, fmt_vec
 
 from . import html
 from .html import Section
 
-SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))
 """Thresholds of the sweep (those of ``organet evaluate --sweep``), plus the run's own threshold."""
 
 
@@ -331,4 +331,4 @@ def prediction_sections(
     return sections, {"name": output.name, "model": p.get("checkpoint")}
 
 
-__all__ = ["SWEEP", "predict_command", "prediction_record", "prediction_sections", "roi_text"]
+__all__ = ["predict_command", "prediction_record", "prediction_sections", "roi_text"]

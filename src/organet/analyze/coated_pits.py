@@ -39,7 +39,7 @@ from skimage.morphology import skeletonize
 
 from organet.errors import IncompatibleError, InputError
 from organet.volumes import Volume
-from organet.volumes.atomic import atomic_path
+from organet.volumes.atomic import atomic_path, write_table
 from organet.volumes.foreground import foreground, prediction_kind
 from organet.volumes.geometry import check_same_voxel_size
 
@@ -703,13 +703,7 @@ def write_outputs(result: CoatedPitResult, output_dir: str | os.PathLike[str], p
             writer(tmp)
         written.append(dst)
 
-    _atomic("coated_pits.csv", lambda p: result.table.to_csv(p, index=False))
-    try:
-        import pyarrow  # noqa: F401
-
-        _atomic("coated_pits.parquet", lambda p: result.table.to_parquet(p, index=False))
-    except ImportError:
-        result.notes.append("pyarrow is not installed: coated_pits.parquet not written (pip install pyarrow)")
+    written += write_table(result.table, out, "coated_pits")
     _atomic("stage_stats.csv", lambda p: result.stage_stats.to_csv(p, index=False))
     t = result.table
     summary = {

@@ -39,7 +39,6 @@ resolution are handled):
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +49,7 @@ from scipy import ndimage, signal
 from scipy.spatial import Delaunay, QhullError, cKDTree
 
 from organet.errors import InputError
-from organet.volumes.atomic import atomic_path
+from organet.volumes.atomic import write_table
 from organet.volumes.foreground import foreground, prediction_kind
 
 N_AXES = 10
@@ -578,8 +577,7 @@ def analyze_pores(
 def write_outputs(result: PoreResult, output_dir: Any, gallery: bool = False) -> dict[str, str]:
     """Write ``pores.csv``, ``pores.parquet`` and the PNG plots into ``output_dir``.
 
-    Returns {name: path}. Files are written under temporary names and renamed. Parquet
-    needs pyarrow; without it a warning is issued and the Parquet file is skipped.
+    Returns {name: path}. Files are written under temporary names and renamed.
     """
     from pathlib import Path
 
@@ -587,17 +585,7 @@ def write_outputs(result: PoreResult, output_dir: Any, gallery: bool = False) ->
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, str] = {}
-    with atomic_path(out / "pores.csv") as tmp:
-        result.table.to_csv(tmp, index=False)
-    written["csv"] = str(out / "pores.csv")
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        warnings.warn("pyarrow is not installed: pores.parquet not written (pip install pyarrow)", stacklevel=2)
-    else:
-        with atomic_path(out / "pores.parquet") as tmp:
-            result.table.to_parquet(tmp, index=False)
-        written["parquet"] = str(out / "pores.parquet")
+    csv, parquet = write_table(result.table, out, "pores")
+    written: dict[str, str] = {"csv": str(csv), "parquet": str(parquet)}
     written.update(write_plots(result, out, gallery=gallery))
     return written

@@ -54,7 +54,7 @@ from scipy.spatial import cKDTree
 from organet.errors import InputError
 from organet.progress import ProgressFn, advance, announce
 from organet.volumes import Volume
-from organet.volumes.atomic import atomic_path
+from organet.volumes.atomic import atomic_path, write_table
 from organet.volumes.geometry import check_same_voxel_size
 
 COLUMNS = [
@@ -435,13 +435,7 @@ def write_outputs(result: ShapesResult, output_dir: str | os.PathLike[str], plot
             writer(tmp)
         written.append(out / name)
 
-    _atomic("shapes.csv", lambda p: result.table.to_csv(p, index=False))
-    try:
-        import pyarrow  # noqa: F401
-
-        _atomic("shapes.parquet", lambda p: result.table.to_parquet(p, index=False))
-    except ImportError:
-        result.notes.append("pyarrow is not installed: shapes.parquet not written (pip install pyarrow)")
+    written += write_table(result.table, out, "shapes")
     _atomic("cells.csv", lambda p: result.cells.to_csv(p, index=False))
     summary = {
         "objects": len(result.table),

@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def _fsync_dir(path: Path) -> None:
@@ -67,6 +68,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         remove_path(tmp)
         raise
     _fsync_dir(dst.parent)
+
+
+def write_table(table: Any, folder: str | os.PathLike[str], stem: str) -> list[Path]:
+    """A pandas table as ``folder/stem.csv`` and ``folder/stem.parquet``, each written atomically."""
+    out = []
+    for suffix, write in (("csv", table.to_csv), ("parquet", table.to_parquet)):
+        dst = Path(folder) / f"{stem}.{suffix}"
+        with atomic_path(dst) as tmp:
+            write(tmp, index=False)
+        out.append(dst)
+    return out
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

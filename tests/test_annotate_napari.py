@@ -175,7 +175,7 @@ def test_widget_module_imports_without_napari(monkeypatch):
     monkeypatch.setitem(sys.modules, "magicgui", None)
     monkeypatch.delitem(sys.modules, "organet.annotate.napari_widget")
     monkeypatch.delattr(sys.modules["organet.annotate"], "napari_widget")  # both restored afterwards
-    monkeypatch.setattr(nw, "_WIDGET_CLASS", None)
+    monkeypatch.setattr(nw, "_widget_class", nw.lazy_widget_class(nw._define_widget_class))  # uncached
     mod = importlib.import_module("organet.annotate.napari_widget")
     assert callable(mod.graphcut_layers)
     with pytest.raises(ImportError, match=r"napari is not installed: pip install 'organet\[napari\]'"):
@@ -186,7 +186,7 @@ def test_widget_module_imports_without_napari(monkeypatch):
 
 def test_cli_napari_missing_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "napari", None)
-    monkeypatch.setattr(nw, "_WIDGET_CLASS", None)
+    monkeypatch.setattr(nw, "_widget_class", nw.lazy_widget_class(nw._define_widget_class))  # uncached
     tifffile.imwrite(tmp_path / "raw.tif", np.zeros((2, 4, 4), np.uint8))
     r = runner.invoke(app, ["annotate", "napari", "--raw", str(tmp_path / "raw.tif")])
     assert r.exit_code == 2, r.output

@@ -279,7 +279,7 @@ def test_widget_modules_import_without_napari(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "napari", None)  # `import napari` now raises ImportError
-    monkeypatch.setattr(npp, "_WIDGET_CLASS", None)
+    monkeypatch.setattr(npp, "_widget_class", npp.lazy_widget_class(npp._define_widget_class))  # uncached
     with pytest.raises(ImportError, match=r"napari is not installed: pip install 'organet\[napari\]'"):
         _ = npp.PredictWidget
     assert importlib.reload(nr).get_reader  # the reader never imports napari

@@ -39,7 +39,7 @@ from organet.volumes.geometry import Vec3, as_vec3
 from organet.volumes.roi import Roi
 from organet.volumes.volume import Volume
 
-from .napari_widget import require_napari
+from .napari_widget import lazy_widget_class
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -278,22 +278,12 @@ def layer_geometry(layer: Any) -> tuple[Any, tuple[int, int, int], Vec3, Vec3]:
 
 # --------------------------------------------------------------------------- the widget
 
-_WIDGET_CLASS: type | None = None
-
 
 def __getattr__(name: str) -> Any:
     """``PredictWidget`` is built on first access (it needs napari and magicgui)."""
     if name == "PredictWidget":
         return _widget_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _widget_class() -> type:
-    global _WIDGET_CLASS
-    if _WIDGET_CLASS is None:
-        require_napari()
-        _WIDGET_CLASS = _define_widget_class()
-    return _WIDGET_CLASS
 
 
 def _define_widget_class() -> type:  # noqa: C901 - one GUI class
@@ -513,6 +503,8 @@ def _define_widget_class() -> type:  # noqa: C901 - one GUI class
 
     return PredictWidget
 
+
+_widget_class = lazy_widget_class(_define_widget_class)
 
 __all__ = [
     "CHECKPOINT",

@@ -320,7 +320,18 @@ def require_napari() -> None:
         raise ImportError(f"napari could not be imported: {e}") from e
 
 
-_WIDGET_CLASS: type | None = None
+def lazy_widget_class(define: Callable[[], type]) -> Callable[[], type]:
+    """``define`` run once, on first call, after :func:`require_napari`: widget classes that
+    subclass magicgui's need napari and magicgui, which the core does not import."""
+    built: list[type] = []
+
+    def get() -> type:
+        if not built:
+            require_napari()
+            built.append(define())
+        return built[0]
+
+    return get
 
 
 def __getattr__(name: str) -> Any:
@@ -328,14 +339,6 @@ def __getattr__(name: str) -> Any:
     if name == "GraphCutWidget":
         return _widget_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _widget_class() -> type:
-    global _WIDGET_CLASS
-    if _WIDGET_CLASS is None:
-        require_napari()
-        _WIDGET_CLASS = _define_widget_class()
-    return _WIDGET_CLASS
 
 
 def _define_widget_class() -> type:  # noqa: C901 - one GUI class
@@ -783,3 +786,6 @@ def open_viewer(
     if window is not None:
         window.add_dock_widget(widget, name="organet graph cut", area="right")
     return viewer, widget
+
+
+_widget_class = lazy_widget_class(_define_widget_class)

@@ -235,21 +235,11 @@ def _evaluate_prediction(
 ) -> None:
     from organet.evaluate import evaluate_volumes, plot_threshold_sweep
     from organet.organelles import organelle as find_organelle
-    from organet.volumes import open_volume
 
-    p = open_volume(pred, default_voxel_size=voxel_size)
-    t = open_volume(truth, default_voxel_size=voxel_size)
-    m = open_volume(mask, default_voxel_size=voxel_size) if mask else None
+    p, t, m = _aligned(pred, truth, mask, voxel_size, roi_vox, roi_nm)
     ez = exclusion_zone
     if organelle is not None:
         ez = (find_organelle(organelle, "--organelle").exclusion_zone,) * 2
-    for v, what in ((t, f"truth {truth}"), (m, f"mask {mask}")):
-        if v is not None:
-            check_same_voxel_size(v.voxel_size, p.voxel_size, what, f"the prediction {pred}", VOXEL_HINT)
-    roi = parse_roi_options(t, roi_vox, roi_nm)
-    begin, end = roi.to_nm(t.voxel_size, t.offset) if roi is not None else p.bounds_nm
-    p, t = p.crop_nm(begin, end), t.crop_nm(begin, end)
-    m = m.crop_nm(begin, end) if m is not None else None
     thresholds = SWEEP if sweep else tuple(threshold or [0.5])
     with dask.client() as client, ProgressBars() as progress:
         ledger = json_out.with_name(json_out.name + ".progress") if json_out else None
@@ -289,20 +279,10 @@ def _evaluate_instances(
 ) -> None:
     from organet.evaluate.instances import evaluate_instances
     from organet.evaluate.instances_plot import plot_instance_scores
-    from organet.volumes import open_volume
 
     if pred is None:
         raise InputError("--instances needs --pred LABELS (e.g. the labels.zarr of `organet instances`)")
-    p = open_volume(pred, default_voxel_size=voxel_size)
-    t = open_volume(truth, default_voxel_size=voxel_size)
-    m = open_volume(mask, default_voxel_size=voxel_size) if mask else None
-    for v, what in ((t, f"truth {truth}"), (m, f"mask {mask}")):
-        if v is not None:
-            check_same_voxel_size(v.voxel_size, p.voxel_size, what, f"the prediction {pred}", VOXEL_HINT)
-    roi = parse_roi_options(t, roi_vox, roi_nm)
-    begin, end = roi.to_nm(t.voxel_size, t.offset) if roi is not None else p.bounds_nm
-    p, t = p.crop_nm(begin, end), t.crop_nm(begin, end)
-    m = m.crop_nm(begin, end) if m is not None else None
+    p, t, m = _aligned(pred, truth, mask, voxel_size, roi_vox, roi_nm)
     with dask.client() as client, ProgressBars() as progress:
         res = evaluate_instances(
             p, t, m, min_overlap=min_overlap, min_size_nm3=min_size, client=client, progress=progress
@@ -388,4 +368,31 @@ def _evaluate_checkpoints(
     say(
         f"wrote {out}/summary.json, summary.md and f1_vs_iteration.png "
         f"({res.computed} checkpoints computed, {reused} reused)"
+    )
+
+
+def _aligned(
+    pred: str,
+    truth: str,
+    mask: str | None,
+    voxel_size: Any,
+    roi_vox: str | None,
+    roi_nm: str | None,
+) -> tuple[Any, Any, Any]:
+    """Prediction, truth and mask (or None) opened, checked for one voxel size and cropped to
+    the ROI (given on the truth's grid; default the prediction's bounds), all in nm."""
+    from organet.volumes import open_volume
+
+    p = open_volume(pred, default_voxel_size=voxel_size)
+    t = open_volume(truth, default_voxel_size=voxel_size)
+    m = open_volume(mask, default_voxel_size=voxel_size) if mask else None
+    for v, what in ((t, f"truth {truth}"), (m, f"mask {mask}")):
+        if v is not None:
+            check_same_voxel_size(v.voxel_size, p.voxel_size, what, f"the prediction {pred}", VOXEL_HINT)
+    roi = parse_roi_options(t, roi_vox, roi_nm)
+    begin, end = roi.to_nm(t.voxel_size, t.offset) if roi is not None else p.bounds_nm
+    return (
+        p.crop_nm(begin, end),
+        t.crop_nm(begin, end),
+        m.crop_nm(begin, end) if m is not None else None,
     )

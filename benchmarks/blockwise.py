@@ -63,11 +63,13 @@ def _prepare(d: Path, size: list[int], fmaps: int, levels: int, tile: int) -> No
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every array of a prediction output (``probability/s0``, ``mask/s1``, ...)."""
+    """Every array of a prediction output (``probability/s0``, ``probability/labels/mask/s1``, ...)."""
     import zarr
 
+    from organet.predict.run import IMAGES
+
     out = {}
-    for image in ("probability", "mask"):
+    for image in IMAGES:
         g = zarr.open_group(str(path / image), mode="r")
         for key in sorted(g.array_keys()):
             out[f"{image}/{key}"] = np.asarray(g[key][...])

@@ -94,6 +94,7 @@ def _stages(ref: Path) -> dict[str, tuple[str, int, Any]]:
     import zarr
 
     from organet.blockwise.output import read_run
+    from organet.predict.run import IMAGES
     from organet.volumes import Roi
     from organet.volumes.blocks import BlockPlan, plan_blocks
 
@@ -103,12 +104,12 @@ def _stages(ref: Path) -> dict[str, tuple[str, int, Any]]:
     stages: dict[str, tuple[str, int, Any]] = {
         "predict": ("", 0, BlockPlan(roi, tuple(run["block_shape"]), tuple(run["chunks"])))
     }
-    for image in ("probability", "mask"):
+    for image in IMAGES:
         g = zarr.open_group(str(ref / image), mode="r")
         chunks = g["s0"].chunks
         for level in range(1, sum(1 for k in g.array_keys() if re.fullmatch(r"s\d+", k))):
             plan = plan_blocks(Roi((0, 0, 0), g[f"s{level}"].shape), chunks, target=2 * max(chunks))
-            stages[f"pyramid {image} s{level}"] = (image, level, plan)
+            stages[f"pyramid {Path(image).name} s{level}"] = (image, level, plan)
     return stages
 
 
@@ -129,6 +130,8 @@ def _ledger_check(out: Path, ref: Path, stages: dict[str, tuple[str, int, Any]])
     """Blocks listed in the ledger per stage, and those whose data is missing or wrong."""
     import zarr
 
+    from organet.predict.run import IMAGES
+
     ledger = out.with_name(out.name + ".progress")
     partial = out.with_name(out.name + ".partial")
     data = partial if partial.is_dir() else out  # killed between the final rename and the ledger's removal
@@ -147,7 +150,7 @@ def _ledger_check(out: Path, ref: Path, stages: dict[str, tuple[str, int, Any]])
             if json.loads(e.read_text())["status"] != "done":
                 continue
             sl = plan.block(index).roi.slices()
-            for name in [image] if image else ["probability", "mask"]:
+            for name in [image] if image else list(IMAGES):
                 path = f"{name}/s{level}"
                 got = np.asarray(zarr.open_array(str(data / path), mode="r")[sl])
                 want = np.asarray(zarr.open_array(str(ref / path), mode="r")[sl])

@@ -23,8 +23,10 @@ import zarr
 
 
 def arrays(path: Path) -> dict[str, np.ndarray]:
+    from organet.predict.run import IMAGES
+
     out = {}
-    for image in ("probability", "mask"):
+    for image in IMAGES:
         g = zarr.open_group(str(path / image), mode="r")
         for key in sorted(g.array_keys()):
             out[f"{image}/{key}"] = np.asarray(g[key][...])

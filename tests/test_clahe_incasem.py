@@ -21,7 +21,7 @@ from organet.errors import BlockFailures, IncompatibleError
 from organet.model.checkpoint import Checkpoint, save_checkpoint
 from organet.model.unet import UNet, UNetConfig
 from organet.predict import Predictor, predict_volume
-from organet.predict.run import input_box
+from organet.predict.run import IMAGES, input_box
 from organet.predict.tiled import reflect_indices
 from organet.preprocess import Normalization, PreprocessParams, check_preprocess, normalize_array, preprocess_volume
 from organet.preprocess import clahe_incasem as ci
@@ -293,7 +293,7 @@ def predict(d, raw, out, **kw):
 
 
 def arrays(out) -> dict[str, bytes]:
-    return {f"{n}/s0": np.asarray(zarr.open_array(str(out / n / "s0"))[:]).tobytes() for n in ("probability", "mask")}
+    return {f"{n}/s0": np.asarray(zarr.open_array(str(out / n / "s0"))[:]).tobytes() for n in IMAGES}
 
 
 @pytest.fixture(scope="module")

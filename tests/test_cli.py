@@ -14,6 +14,7 @@ from organet.model.checkpoint import Checkpoint, save_checkpoint
 from organet.model.unet import UNet, UNetConfig
 from organet.preprocess import Normalization
 from organet.volumes import open_volume
+from organet.volumes.ome_zarr import mask_path
 
 runner = CliRunner()
 CFG = UNetConfig(num_fmaps=2, downsample_factors=((2, 2, 2), (2, 2, 2)))
@@ -55,7 +56,7 @@ def test_convert_predict_evaluate_pipeline(files, tmp_path):
     )
     assert r.exit_code == 0, r.output
     prob = open_volume(tmp_path / "pred.zarr/probability")
-    mask = open_volume(tmp_path / "pred.zarr/mask")
+    mask = open_volume(mask_path(tmp_path / "pred.zarr"))
     assert prob.shape == (16, 40, 32) and prob.dtype == np.uint8
     assert prob.offset == (20.0, 0.0, 40.0) and prob.voxel_size == (5.0, 5.0, 5.0)
     assert prob.attrs["kind"] == "probability"

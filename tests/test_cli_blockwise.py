@@ -21,6 +21,7 @@ from organet.blockwise.faults import ENV
 from organet.cli import app
 from organet.model.checkpoint import Checkpoint, save_checkpoint
 from organet.model.unet import UNet, UNetConfig
+from organet.predict.run import IMAGES
 from organet.preprocess import Normalization
 from organet.volumes import open_volume, write_ome_zarr
 
@@ -68,7 +69,7 @@ def files(tmp_path_factory):
 
 
 def same(a: Path, b: Path) -> None:
-    for n in ("probability", "mask"):
+    for n in IMAGES:
         np.testing.assert_array_equal(open_volume(a / n).read(), open_volume(b / n).read())
 
 

@@ -19,6 +19,7 @@ from organet.model.unet import UNet, UNetConfig
 from organet.predict import Predictor, predict_volume
 from organet.preprocess import Normalization
 from organet.volumes import Roi, Volume, write_ome_zarr
+from organet.volumes.ome_zarr import mask_path
 
 CFG = UNetConfig(num_fmaps=4, downsample_factors=((2, 2, 2),))
 TILE = 34  # -> 16^3 output, step 16
@@ -106,14 +107,14 @@ def test_reader_opens_predict_instances_and_uncertainty_outputs(world, tmp_path)
     assert type(prob[0]).__module__.startswith("dask")  # lazy: nothing read yet
     p0 = open_volume(d / "pred.zarr" / "probability")
     np.testing.assert_array_equal(np.asarray(prob[0]), p0.read())
-    np.testing.assert_array_equal(np.asarray(mask[1]), open_volume(f"{d}/pred.zarr/mask/s1").read())
+    np.testing.assert_array_equal(np.asarray(mask[1]), open_volume(mask_path(d / "pred.zarr") / "s1").read())
     assert pkw["contrast_limits"] == (0.0, 255.0) and pkw["metadata"]["organet"]["kind"] == "probability"
 
     ((rawdata, rkw, kind),) = nr.read_layers(d / "raw.zarr")  # a plain OME-Zarr image
     assert kind == "image" and not rkw["multiscale"] and tuple(rkw["translate"]) == OFF
     np.testing.assert_array_equal(np.asarray(rawdata), raw)
 
-    label_instances(open_volume(d / "pred.zarr" / "mask"), tmp_path / "inst")
+    label_instances(open_volume(mask_path(d / "pred.zarr")), tmp_path / "inst")
     ((lab, lkw, kind),) = nr.napari_read([str(tmp_path / "inst" / "labels.zarr")])
     assert kind == "labels" and tuple(lkw["scale"]) == VS and tuple(lkw["translate"]) == OFF
     assert np.asarray(lab).max() >= 1 and ((np.asarray(lab) > 0) == (p0.read() >= 128)).all()

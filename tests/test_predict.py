@@ -19,12 +19,13 @@ from organet.errors import BlockFailures, IncompatibleError, InputError
 from organet.model.checkpoint import Checkpoint, save_checkpoint
 from organet.model.unet import UNet, UNetConfig, context, valid_sizes
 from organet.predict import Predictor, SampleMask, predict_volume
-from organet.predict.run import default_chunks
+from organet.predict.run import IMAGES, default_chunks
 from organet.predict.tiled import read_with_context, reflect_indices, tile_grid
 from organet.preprocess import Normalization
 from organet.volumes import Roi, Volume, open_volume, write_ome_zarr
 from organet.volumes.blocks import plan_blocks
 from organet.volumes.foreground import probability_to_uint8
+from organet.volumes.ome_zarr import PREDICTION_MASK, mask_path
 
 CFG = UNetConfig(num_fmaps=4, downsample_factors=((2, 2, 2),))
 CFG2 = UNetConfig(num_fmaps=3, downsample_factors=((2, 2, 2), (2, 2, 2)))
@@ -121,7 +122,7 @@ def run(files, out, model="model.pt", tile=TILE, tta=None, **kw):
 
 def levels(path) -> dict[str, np.ndarray]:
     out = {}
-    for n in ("probability", "mask"):
+    for n in IMAGES:
         g = zarr.open_group(str(path / n), mode="r")
         for k in sorted(g.array_keys()):
             out[f"{n}/{k}"] = np.asarray(g[k][...])
@@ -226,7 +227,7 @@ def test_blocks_equal_one_region_and_requested_block_shapes_are_rounded(files, t
     p = open_volume(tmp_path / "b.zarr/probability")
     assert p.attrs["kind"] == "probability" and p.attrs["pyramid"]["levels"] == res.pyramid_levels == 4
     assert p.offset == (115.0, 25.0, 60.0) and p.voxel_size == (5.0, 5.0, 5.0)
-    assert 0.05 < open_volume(tmp_path / "b.zarr/mask").read().mean() < 0.95
+    assert 0.05 < open_volume(mask_path(tmp_path / "b.zarr")).read().mean() < 0.95
     again = run(files, tmp_path / "b.zarr", block_shape=(12, 20, 20))
     assert again.already_complete and again.computed == 0
     with pytest.raises(InputError, match="already exists"):
@@ -343,7 +344,7 @@ def test_sample_mask_skips_empty_blocks(files, tmp_path):
     assert res.skipped_by_mask == 4 and res.computed == 8
     got, ref = levels(tmp_path / "m.zarr"), levels(files / "ref.zarr")
     np.testing.assert_array_equal(got["probability/s0"][:16], ref["probability/s0"][:16])
-    assert not got["probability/s0"][16:].any() and not got["mask/s0"][16:].any()
+    assert not got["probability/s0"][16:].any() and not got[f"{PREDICTION_MASK}/s0"][16:].any()
     res = run(files, tmp_path / "none.zarr", sample_mask=SampleMask(rule=">255"))
     assert res.skipped_by_mask == 8 and not levels(tmp_path / "none.zarr")["probability/s0"].any()
     with pytest.raises(InputError, match="mask rule"):

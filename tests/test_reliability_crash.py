@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from tests.test_resume import label_files
 from typer.testing import CliRunner
 
 from organet.blockwise.faults import ENV
@@ -155,10 +156,6 @@ label_instances(open_volume(f"{d}/mask.zarr"), f"{d}/{sys.argv[2]}", min_size_nm
 """
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def test_instances_killed_three_times_resumes_to_identical_bytes(tmp_path: Path) -> None:
     from organet.analyze.instances import label_instances
 
@@ -177,7 +174,7 @@ def test_instances_killed_three_times_resumes_to_identical_bytes(tmp_path: Path)
         assert r.returncode == -signal.SIGKILL, r.stderr.decode()[-2000:]
         assert not (d / "out").exists() and (d / "out.partial").is_dir()
     assert label_instances(open_volume(d / "mask.zarr"), d / "out", **kw).resumed > 0
-    assert _files(d / "out" / "labels.zarr") == _files(d / "ref" / "out" / "labels.zarr")
+    assert label_files(d / "out" / "labels.zarr") == label_files(d / "ref" / "out" / "labels.zarr")
     assert (d / "out" / "objects.csv").read_bytes() == (d / "ref" / "out" / "objects.csv").read_bytes()
     assert not (d / "out.progress").exists() and not (d / "out.lock").exists()
 

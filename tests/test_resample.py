@@ -17,6 +17,7 @@ from organet.model.unet import UNet, UNetConfig, init_weights
 from organet.predict import Predictor, predict_volume
 from organet.preprocess import Normalization
 from organet.volumes import Roi, VolumeError, convert_volume, open_volume, write_ome_zarr
+from organet.volumes.ome_zarr import mask_path
 from organet.volumes.resample import (
     DownsampledVolume,
     GridMap,
@@ -213,7 +214,7 @@ def test_predict_with_a_coarser_model_resamples_input_and_output(tmp_path, coars
     ref = back.resample(p, (0, 0, 0), roi.offset, roi.end)
     got = prob.read().astype(np.float32) / 255
     assert np.abs(got - ref).max() <= 0.5 / 255 + 1e-6
-    mask = open_volume(tmp_path / "p.zarr/mask").read()
+    mask = open_volume(mask_path(tmp_path / "p.zarr")).read()
     np.testing.assert_array_equal(mask, (prob.read() >= 128).astype(np.uint8))
     assert res.blocks >= 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m10.pt", "p.zarr", "raw.zarr"]  # no partial, no ledger

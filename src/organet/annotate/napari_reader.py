@@ -4,14 +4,17 @@ Opens, lazily (dask arrays over the zarr chunks, every pyramid level ``s0, s1, .
 multiscale layer), with ``scale`` = voxel size and ``translate`` = offset of level 0 (nm,
 axis order z, y, x) taken from the OME-Zarr metadata (:func:`organet.volumes.ome_zarr.ome_geometry`):
 
-* ``OUT.zarr`` of ``organet predict``: ``probability`` as an image layer, ``mask`` as a
-  labels layer (and any NGFF ``labels/`` images inside the output as labels);
+* ``OUT.zarr`` of ``organet predict``: ``probability`` as an image layer and its NGFF label
+  image ``probability/labels/mask`` as a labels layer (so does ``OUT.zarr/probability``; the
+  ``OUT.zarr/mask`` of earlier versions too); the label images listed by the ``labels`` group of
+  any image are labels layers;
 * ``DIR/labels.zarr`` of ``organet instances`` and masks saved by the annotation widget: labels;
 * ``uncertainty.zarr`` of ``organet suggest`` and any other OME-Zarr image: an image layer.
 
-An image is a labels layer when its NGFF metadata has ``image-label`` or organet's metadata
-says ``kind`` is ``mask``, ``instances`` or ``labels``. Nothing here imports napari: the
-functions return napari ``LayerData`` tuples ``(data, kwargs, layer_type)``.
+An image is a labels layer when its NGFF metadata has ``image-label`` (whose ``colors`` become
+the layer's colours) or organet's metadata says ``kind`` is ``mask``, ``instances`` or
+``labels``. Nothing here imports napari: the functions return napari ``LayerData`` tuples
+``(data, kwargs, layer_type)``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from organet.errors import VolumeError
-from organet.volumes.ome_zarr import ORGANET_KEY, find_multiscales, ome_geometry
+from organet.volumes.ome_zarr import LABELS_GROUP, ORGANET_KEY, find_multiscales, ome_geometry
 
 LayerData = tuple[Any, dict[str, Any], str]
 LABEL_KINDS = ("mask", "instances", "labels")
@@ -40,10 +43,28 @@ def _organet(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {}
 
 
-def _is_label_image(attrs: Mapping[str, Any]) -> bool:
+def _image_label(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The NGFF ``image-label`` object (0.5: under ``ome``; <= 0.4: top level), None if absent."""
     ome = attrs.get("ome")
-    ngff_label = "image-label" in attrs or (isinstance(ome, Mapping) and "image-label" in ome)
-    return ngff_label or _organet(attrs).get("kind") in LABEL_KINDS
+    label = ome.get("image-label") if isinstance(ome, Mapping) and "image-label" in ome else attrs.get("image-label")
+    return dict(label) if isinstance(label, Mapping) else None
+
+
+def _is_label_image(attrs: Mapping[str, Any]) -> bool:
+    return _image_label(attrs) is not None or _organet(attrs).get("kind") in LABEL_KINDS
+
+
+def _label_colormap(label: Mapping[str, Any] | None) -> dict[int | None, list[float]] | None:
+    """napari's direct label colormap (label value -> RGBA 0..1) from NGFF ``colors``; values
+    without a colour are transparent. None when there are no colours."""
+    colors = (label or {}).get("colors")
+    if not isinstance(colors, list):
+        return None
+    cmap: dict[int | None, list[float]] = {None: [0.0, 0.0, 0.0, 0.0]}
+    for c in colors:
+        if isinstance(c, Mapping) and "label-value" in c and isinstance(c.get("rgba"), list) and len(c["rgba"]) == 4:
+            cmap[int(c["label-value"])] = [float(v) / 255.0 for v in c["rgba"]]
+    return cmap if len(cmap) > 1 else None
 
 
 def _ngff_label_names(group: Any) -> list[str]:
@@ -92,7 +113,8 @@ def image_layer(group: Any, where: str, name: str) -> LayerData:
     if labels:
         if not np.issubdtype(levels[0].dtype, np.integer):
             raise VolumeError(f"{where} is marked as labels but has dtype {levels[0].dtype}; expected integers")
-        return data, {**kwargs, "opacity": 0.5}, "labels"
+        cmap = _label_colormap(_image_label(attrs))
+        return data, {**kwargs, "opacity": 0.5, **({"colormap": cmap} if cmap else {})}, "labels"
     dtype = np.dtype(levels[0].dtype)
     if meta.get("kind") in ("probability", "uncertainty"):
         top = 255.0 if dtype == np.uint8 else 1.0
@@ -103,26 +125,44 @@ def image_layer(group: Any, where: str, name: str) -> LayerData:
     return data, kwargs, "image"
 
 
+def _listed_labels(labels: Any, where: str, stem: str) -> list[tuple[Any, str, str]]:
+    """The image groups an NGFF ``labels`` group lists, as (group, location, layer name)."""
+    import zarr
+
+    found = []
+    for lab in _ngff_label_names(labels):
+        sub = labels.get(lab, None)
+        if isinstance(sub, zarr.Group) and find_multiscales(_attrs(sub)) is not None:
+            found.append((sub, f"{where}/{lab}", f"{stem} {lab}"))
+    return found
+
+
 def _groups(path: Path) -> list[tuple[Any, str, str]]:
     """The OME-Zarr image groups of ``path`` as (group, location, layer name): the root
-    when it is an image, else its image children and NGFF labels."""
+    when it is an image, else its image children; each followed by the label images its
+    NGFF ``labels`` group lists (and those of a ``labels`` group at the root)."""
     import zarr
 
     root = zarr.open_group(str(path), mode="r")
     stem = path.name
-    if find_multiscales(_attrs(root)) is not None:
-        return [(root, str(path), stem)]
+    images: list[tuple[Any, str, str]] = []
     found: list[tuple[Any, str, str]] = []
-    for key in sorted(root.group_keys()):
-        child = root[key]
-        if isinstance(child, zarr.Group) and find_multiscales(_attrs(child)) is not None:
-            found.append((child, f"{path}/{key}", f"{stem} {key}"))
-        if not isinstance(child, zarr.Group):
-            continue
-        for lab in _ngff_label_names(child):
-            sub = child.get(lab, None)
-            if isinstance(sub, zarr.Group) and find_multiscales(_attrs(sub)) is not None:
-                found.append((sub, f"{path}/{key}/{lab}", f"{stem} {lab}"))
+    if find_multiscales(_attrs(root)) is not None:
+        images.append((root, str(path), stem))
+    else:
+        for key in sorted(root.group_keys()):
+            child = root[key]
+            if not isinstance(child, zarr.Group):
+                continue
+            if find_multiscales(_attrs(child)) is not None:
+                images.append((child, f"{path}/{key}", f"{stem} {key}"))
+            else:
+                found += _listed_labels(child, f"{path}/{key}", stem)
+    for group, where, name in images:
+        found.append((group, where, name))
+        labels = group.get(LABELS_GROUP, None)
+        if isinstance(labels, zarr.Group):
+            found += _listed_labels(labels, f"{where}/{LABELS_GROUP}", stem)
     return found
 
 

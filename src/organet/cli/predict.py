@@ -15,6 +15,7 @@ from organet.cli.options import (
 )
 from organet.cli.output import say
 from organet.cli.progress import ProgressBars
+from organet.volumes.ome_zarr import PREDICTION_IMAGE, PREDICTION_MASK
 
 IO = "Input and output"
 PREDICTION = "Prediction"
@@ -160,7 +161,8 @@ def predict(
         say(f"{res.output} is already complete ({res.blocks} blocks); nothing to do")
         return
     say(
-        f"wrote {res.output}/probability and /mask (+{res.pyramid_levels - 1} pyramid levels): ROI {res.roi}, "
+        f"wrote {res.output}/{PREDICTION_IMAGE} and its mask {res.output}/{PREDICTION_MASK} "
+        f"(+{res.pyramid_levels - 1} pyramid levels): ROI {res.roi}, "
         f"{res.blocks} blocks ({res.resumed} done before, {res.skipped_by_mask} without sample), "
         f"tiles {'x'.join(map(str, res.tile or ()))} in {res.precision}, "
         f"{res.seconds:.1f} s, {res.voxels_per_second:,.0f} voxels/s"

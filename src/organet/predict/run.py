@@ -5,8 +5,13 @@ the same bytes. Output container ``OUT.zarr`` (zarr v3, OME-Zarr 0.5), with the
 input's voxel size and the ROI's offset in nm (a model trained at another voxel size is
 applied through :class:`~organet.predict.Predictor`, which resamples both ways)::
 
-    OUT.zarr/probability/s0, s1, ...   uint8 0..255 = round(255 p); pyramid: mean
-    OUT.zarr/mask/s0, s1, ...          uint8 0/1 = probability >= threshold; pyramid: max
+    OUT.zarr/probability/s0, s1, ...               uint8 0..255 = round(255 p); pyramid: mean
+    OUT.zarr/probability/labels/mask/s0, s1, ...   uint8 0/1 = probability >= threshold; pyramid: max
+
+The mask is the NGFF label image of the probability (``image-label`` metadata: colour and
+properties of label 1, ``source`` = the probability image), so OME-Zarr viewers show it as
+labels over the image (:data:`~organet.volumes.ome_zarr.PREDICTION_MASK`). Outputs of
+earlier versions kept it in ``OUT.zarr/mask``.
 
 While running, the data lives in ``OUT.zarr.partial`` and the finished blocks in the
 ledger ``OUT.zarr.progress`` (:class:`~organet.blockwise.Ledger`); a rerun of the same
@@ -47,7 +52,15 @@ from organet.volumes.atomic import remove_path
 from organet.volumes.blocks import Block, plan_blocks
 from organet.volumes.foreground import probability_to_uint8, uint8_cut
 from organet.volumes.geometry import Shape3, fmt_vec
-from organet.volumes.ome_zarr import create_ome_image
+from organet.volumes.ome_zarr import (
+    MASK_RGBA,
+    PREDICTION_IMAGE,
+    PREDICTION_LABEL,
+    PREDICTION_MASK,
+    create_label_group,
+    create_ome_image,
+    image_label_attrs,
+)
 from organet.volumes.pyramid import build_pyramid
 from organet.volumes.resample import Mode
 
@@ -57,7 +70,8 @@ from .tiled import reflect_indices
 
 MODEL_GRID = "model_grid"  # scratch array of a resampled run, removed before the output is complete
 CLAHE_INCASEM = "clahe_incasem"  # scratch input normalized on the fly, removed before the output is complete
-IMAGES: dict[str, Mode] = {"probability": "mean", "mask": "max"}
+IMAGES: dict[str, Mode] = {PREDICTION_IMAGE: "mean", PREDICTION_MASK: "max"}
+"""The images of ``OUT.zarr`` (paths inside it) and the downsampling of their pyramids."""
 
 
 @dataclass
@@ -115,8 +129,8 @@ class _Job:
 def _write_output(job: _Job, block: Block, p: np.ndarray) -> None:
     u = probability_to_uint8(p)
     sl = block.local(job.origin)
-    write_block(Path(job.partial) / "probability" / "s0", sl, u)
-    write_block(Path(job.partial) / "mask" / "s0", sl, (u >= job.cut).astype(np.uint8))
+    write_block(Path(job.partial) / PREDICTION_IMAGE / "s0", sl, u)
+    write_block(Path(job.partial) / PREDICTION_MASK / "s0", sl, (u >= job.cut).astype(np.uint8))
 
 
 def _predict_block(job: _Job, block: Block) -> Any:
@@ -293,6 +307,7 @@ def predict_volume(
         "resampled": gmap.describe() if resampled else None,
         "sample_mask": sample_mask.describe() if sample_mask is not None else None,
         **({"preprocess_on_the_fly": on_fly} if on_fly is not None else {}),
+        "mask_path": PREDICTION_MASK,  # the layout: runs of earlier layouts are not resumed into this one
     }
     meta = {
         "model": {
@@ -389,7 +404,7 @@ def predict_volume(
 
 def _levels(output: Path) -> int:
     try:
-        g = zarr.open_group(str(output / "probability"), mode="r")
+        g = zarr.open_group(str(output / PREDICTION_IMAGE), mode="r")
         return sum(1 for k in g.array_keys() if k.startswith("s"))
     except Exception:  # noqa: BLE001
         return 0
@@ -407,22 +422,32 @@ def _create_images(
     model_grid: tuple[Shape3, Shape3] | None,
     scratch: tuple[Shape3, Shape3] | None = None,
 ) -> None:
-    """The empty ``probability`` and ``mask`` images of a fresh ``OUT.zarr.partial`` (and,
-    for a resampled run, the float32 model-grid probabilities of shape and chunks ``model_grid``;
-    for an input normalized on the fly, its uint8 array of shape and chunks ``scratch``)."""
+    """The empty ``probability`` image and its ``labels/mask`` label image in a fresh
+    ``OUT.zarr.partial`` (and, for a resampled run, the float32 model-grid probabilities of
+    shape and chunks ``model_grid``; for an input normalized on the fly, its uint8 array of
+    shape and chunks ``scratch``)."""
     root = zarr.open_group(str(folder), mode="w", zarr_format=3)
     for name, spec, dtype in ((CLAHE_INCASEM, scratch, np.uint8), (MODEL_GRID, model_grid, np.float32)):
         if spec is not None:
             zarr.create_array(
                 str(folder / name), shape=spec[0], chunks=spec[1], dtype=dtype, fill_value=0, zarr_format=3
             )
-    for name in IMAGES:
-        kind = (
-            {"kind": "probability", "scale": 255} if name == "probability" else {"kind": "mask", "threshold": threshold}
-        )
-        create_ome_image(
-            root.require_group(name), shape, np.uint8, voxel_size, offset_nm, chunks, {**kind, **meta}, name=name
-        )
+    image = root.require_group(PREDICTION_IMAGE)
+    geometry = (shape, np.uint8, voxel_size, offset_nm, chunks)
+    create_ome_image(image, *geometry, {"kind": "probability", "scale": 255, **meta}, name=PREDICTION_IMAGE)
+    organelle = meta.get("model", {}).get("organelle") or "foreground"
+    label = image_label_attrs(
+        colors={0: (0, 0, 0, 0), 1: MASK_RGBA},
+        properties={0: {"class": "background"}, 1: {"class": organelle, "threshold": threshold}},
+        source="../../",
+    )
+    create_ome_image(
+        create_label_group(image, PREDICTION_LABEL),
+        *geometry,
+        {"kind": "mask", "threshold": threshold, **meta},
+        name=PREDICTION_LABEL,
+        image_label=label,
+    )
 
 
 __all__ = ["PredictionResult", "default_chunks", "predict_volume"]

@@ -18,6 +18,7 @@ from organet.errors import InputError
 from organet.evaluate.metrics import SWEEP
 from organet.volumes import Roi, Volume, open_volume
 from organet.volumes.geometry import check_same_voxel_size, fmt_vec
+from organet.volumes.ome_zarr import PREDICTION_IMAGE, find_mask
 
 from . import html
 from .html import Section
@@ -31,7 +32,7 @@ REQUIRED = ("input", "input_shape", "voxel_size", "roi_offset", "roi_shape", "th
 
 def prediction_record(path: Path) -> dict[str, Any] | None:
     """The run record of a complete ``organet predict`` output, None if ``path`` is not one."""
-    if not (path / "probability").is_dir() or not (path / "mask").is_dir():
+    if not (path / PREDICTION_IMAGE).is_dir() or find_mask(path) is None:
         return None
     run = read_run(path)
     if not run or "predictor" not in run:

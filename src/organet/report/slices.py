@@ -1,6 +1,7 @@
 """Orthogonal planes of a prediction for the report: only the planes shown are read.
 
-The prediction (``OUT.zarr/probability`` and ``OUT.zarr/mask``) is read at the finest
+The prediction (``OUT.zarr/probability`` and its mask ``OUT.zarr/probability/labels/mask``,
+or ``OUT.zarr/mask`` in outputs of earlier versions) is read at the finest
 pyramid level whose largest axis fits ``max_px`` pixels; raw and truth, which have no such
 level, are read as the one full-resolution plane through the same point and reduced in-plane
 to the level's grid (raw: mean, truth: any foreground). Axis order (z, y, x); indices in
@@ -15,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from organet.errors import InputError
 from organet.volumes import Volume, open_volume
 from organet.volumes.foreground import foreground, prediction_kind
+from organet.volumes.ome_zarr import PREDICTION_MASK, find_mask
 
 AXES = "zyx"
 
@@ -97,7 +100,7 @@ def read_planes(
     Parameters
     ----------
     output
-        ``OUT.zarr`` of ``organet predict`` (``probability/`` and ``mask/`` pyramids).
+        ``OUT.zarr`` of ``organet predict`` (``probability/`` and ``probability/labels/mask/`` pyramids).
     point
         The voxel the three planes pass through, (z, y, x), inside the prediction.
     raw, truth
@@ -110,7 +113,10 @@ def read_planes(
     level = choose_level(out / "probability", max_px)
     s0 = open_volume(out / "probability")
     prob_l = open_volume(out / "probability" / f"s{level}")
-    mask_l = open_volume(out / "mask" / f"s{level}")
+    mask_image = find_mask(out)
+    if mask_image is None:
+        raise InputError(f"{out} has no mask image ({PREDICTION_MASK}): is it an output of organet predict?")
+    mask_l = open_volume(mask_image / f"s{level}")
     factors = tuple(max(1, round(lv / v)) for lv, v in zip(prob_l.voxel_size, s0.voxel_size))
     p_kind, m_kind = prediction_kind(prob_l), prediction_kind(mask_l)
     scale = 1.0 / 255.0 if p_kind == "probability_uint8" else 1.0

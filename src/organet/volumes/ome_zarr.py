@@ -1,4 +1,9 @@
-"""OME-Zarr metadata (0.4 / 0.5) and the atomic OME-Zarr 0.5 writer."""
+"""OME-Zarr metadata (0.4 / 0.5), NGFF label images, and the atomic OME-Zarr 0.5 writer.
+
+A label image (NGFF ``image-label``) lives in the ``labels`` group of the image it
+annotates, ``IMAGE/labels/NAME``, listed by ``IMAGE/labels``'s ``labels`` attribute;
+``organet predict`` writes its mask there (:data:`PREDICTION_MASK`).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,85 @@ from .volume import Unavailable, Volume
 
 OME_VERSION = "0.5"
 ORGANET_KEY = "organet"  # group attribute holding organet's own metadata (Volume.attrs)
+LABELS_GROUP = "labels"  # NGFF: the group of an image's label images
+PREDICTION_IMAGE, PREDICTION_LABEL = "probability", "mask"
+PREDICTION_MASK = f"{PREDICTION_IMAGE}/{LABELS_GROUP}/{PREDICTION_LABEL}"
+"""Where ``organet predict`` writes its images inside ``OUT.zarr``: the probability image and
+the binary mask as its NGFF label image ``mask``."""
+LEGACY_PREDICTION_MASK = "mask"  # the mask of outputs written before the NGFF label layout
+MASK_RGBA = (255, 200, 0, 255)
+"""Display colour (RGBA, 0..255) of label 1 in organet's binary masks."""
+
+
+def mask_path(output: str | os.PathLike[str]) -> Path:
+    """The mask image group ``organet predict`` writes into ``output`` (``OUT.zarr``)."""
+    return Path(output).expanduser() / PREDICTION_MASK
+
+
+def find_mask(output: str | os.PathLike[str]) -> Path | None:
+    """The mask image group of an existing ``organet predict`` output: :func:`mask_path`, else
+    the ``OUT.zarr/mask`` of outputs written before the NGFF label layout; None when neither is."""
+    for path in (mask_path(output), Path(output).expanduser() / LEGACY_PREDICTION_MASK):
+        if (path / "zarr.json").is_file():
+            return path
+    return None
+
+
+def image_label_attrs(
+    *,
+    colors: dict[int, Sequence[int]] | None = None,
+    properties: dict[int, dict[str, Any]] | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """The NGFF 0.5 ``image-label`` object of a label image.
+
+    ``colors``: label value -> RGBA (four integers 0..255); ``properties``: label value ->
+    JSON-serialisable key/values; ``source``: path of the image the labels belong to,
+    relative to the label image group (e.g. ``"../../"``) or a URL. Each is optional.
+    """
+    meta: dict[str, Any] = {"version": OME_VERSION}
+    if colors:
+        meta["colors"] = [{"label-value": int(k), "rgba": [int(c) for c in v]} for k, v in sorted(colors.items())]
+    if properties:
+        meta["properties"] = [{"label-value": int(k), **dict(v)} for k, v in sorted(properties.items())]
+    if source is not None:
+        meta["source"] = {"image": source}
+    return meta
+
+
+def create_label_group(image: zarr.Group, name: str) -> zarr.Group:
+    """The empty group ``labels/<name>`` of the OME-Zarr image group ``image``, listed in the
+    ``labels`` attribute of ``image/labels`` (created if needed); write the label image into
+    it with :func:`create_ome_image` and ``image_label=``."""
+    labels = image.require_group(LABELS_GROUP)
+    old = labels.attrs.get("ome")
+    ome: dict[str, Any] = dict(old) if isinstance(old, dict) else {}
+    listed = ome.get("labels")
+    names = [str(n) for n in listed] if isinstance(listed, list) else []
+    labels.attrs["ome"] = {**ome, "version": OME_VERSION, "labels": [*names, name] if name not in names else names}
+    return labels.require_group(name)
+
+
+def label_source(spec: str | os.PathLike[str], label_image: str | os.PathLike[str]) -> str | None:
+    """The NGFF ``source`` image of a label image at ``label_image`` derived from the volume
+    ``spec``: the OME-Zarr image group holding ``spec`` (the group, or the group of its
+    array ``sN``) relative to ``label_image``; a URL as given; None for other data (TIFF,
+    N5, HDF5, plain zarr arrays, crops)."""
+    from .remote import is_url
+
+    text = os.fspath(spec)
+    if is_url(text):
+        return text
+    path = Path(text).expanduser()
+    for group in (path, path.parent):
+        try:
+            attrs = dict(zarr.open_group(str(group), mode="r").attrs) if (group / "zarr.json").is_file() else {}
+        except Exception:  # noqa: BLE001 - not an OME-Zarr group: no source to name
+            continue
+        ms = find_multiscales(attrs)
+        if ms is not None and (group == path or any(d.get("path") == path.name for d in ms[0]["datasets"])):
+            return os.path.relpath(group.resolve(), Path(label_image).expanduser().resolve())
+    return None
 
 
 def find_multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -140,25 +224,25 @@ def create_ome_image(
     fill_value: Any = 0,
     level: int = 0,
     overwrite: bool = False,
+    image_label: dict[str, Any] | None = None,
 ) -> zarr.Array:
     """The one way organet creates an OME-Zarr 0.5 array: ``s{level}`` in ``group``.
 
     ``shape``/``chunks`` in voxels (chunks clipped to the shape), ``voxel_size``/``offset``
     of level 0 in nm, all (z, y, x); blosc-zstd compressed. Level 0 also writes the
-    group's multiscale metadata (one level; :func:`set_levels` adds the others) and
-    ``attrs`` under the ``"organet"`` key.
+    group's multiscale metadata (one level; :func:`set_levels` adds the others),
+    ``attrs`` under the ``"organet"`` key and, for a label image, ``image_label``
+    (:func:`image_label_attrs`) as its NGFF ``image-label``.
     """
     shape = as_int3(shape, "image shape", minimum=1)
     ch = as_int3(chunks, "chunks", minimum=1)
     ch = (min(ch[0], shape[0]), min(ch[1], shape[1]), min(ch[2], shape[2]))
     dtype = np.dtype(dtype)
     if level == 0:
-        group.attrs.update(
-            {
-                **ome_multiscale_attrs(name or group.basename or "image", voxel_size, offset),
-                ORGANET_KEY: dict(attrs or {}),
-            }
-        )
+        ome = ome_multiscale_attrs(name or group.basename or "image", voxel_size, offset)
+        if image_label is not None:
+            ome["ome"]["image-label"] = dict(image_label)
+        group.attrs.update({**ome, ORGANET_KEY: dict(attrs or {})})
     shuffle: Literal["noshuffle", "shuffle"] = "noshuffle" if dtype.itemsize == 1 else "shuffle"  # helps >1 byte
     return group.create_array(
         f"s{level}",
@@ -174,7 +258,8 @@ def create_ome_image(
 
 def set_levels(group: zarr.Group, levels: int, extra: dict[str, Any] | None = None) -> None:
     """Rewrite ``group``'s multiscale metadata for ``levels`` scales (keeping its name, voxel
-    size and offset) and merge ``extra`` into its organet attributes."""
+    size and offset, and its other NGFF metadata such as ``image-label``) and merge ``extra``
+    into its organet attributes."""
     ms = find_multiscales(dict(group.attrs))
     if not ms:
         raise ValueError(f"{group.store_path} has no OME multiscale metadata")  # a defect: we created it
@@ -183,7 +268,11 @@ def set_levels(group: zarr.Group, levels: int, extra: dict[str, Any] | None = No
     off = next(t["translation"] for t in ds0 if t["type"] == "translation")
     old = group.attrs.get(ORGANET_KEY)
     meta = {**(dict(old) if isinstance(old, dict) else {}), **(extra or {})}
-    group.attrs.update({**ome_multiscale_attrs(ms[0].get("name", "image"), vs, off, levels), ORGANET_KEY: meta})
+    new = ome_multiscale_attrs(ms[0].get("name", "image"), vs, off, levels)
+    old_ome = group.attrs.get("ome")
+    if isinstance(old_ome, dict):
+        new["ome"] = {**old_ome, **new["ome"]}
+    group.attrs.update({**new, ORGANET_KEY: meta})
 
 
 class OmeZarrWriter:

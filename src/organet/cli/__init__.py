@@ -9,7 +9,7 @@ Layout: one module per command group; every command is a plain function decorate
 * :mod:`.analyze` analyze pores / coated-pits      * :mod:`.preprocess` preprocess, masks sample / exclusion
 * :mod:`.annotate` annotate graphcut / napari      * :mod:`.experiment` experiment (grids)
 * :mod:`.importers` import incasem                  * :mod:`.models` models list / info / fetch / package
-* :mod:`.suggest` suggest (where to annotate)
+* :mod:`.suggest` suggest (where to annotate)      * :mod:`.view` view (neuroglancer in a browser)
 
 Shared option types are in :mod:`.options`, the error contract in :mod:`.errors`
 (bad input: one ``error:`` line, exit 2), progress bars in :mod:`.progress`, result
@@ -37,6 +37,7 @@ from organet.cli import (
     report,
     suggest,
     train,
+    view,
     volumes,
 )
 
@@ -69,6 +70,7 @@ app.command("instances")(instances.instances)
 app.command("suggest")(suggest.suggest)
 app.command("preprocess")(preprocess.preprocess)
 app.command("report")(report.report)
+app.command("view")(view.view)
 masks_app.command("sample")(preprocess.sample_mask)
 masks_app.command("exclusion")(preprocess.exclusion_mask)
 analyze_app.command("pores")(analyze.pores)

@@ -92,6 +92,8 @@ def select_checkpoints(
     iterations
         Exactly these iterations (not combined with ``last`` / ``every``).
 
+    Notes
+    -----
     Without any selection, every checkpoint of the run. Raises
     :class:`~organet.errors.InputError` for a folder without checkpoints, a selection that
     matches none, fewer checkpoints than ``last`` asks for, or a missing iteration.

@@ -240,6 +240,8 @@ def clahe_interpolate(bins: np.ndarray, maps: np.ndarray, offset: Sequence[int],
     kernel
         Contextual tile shape (voxels, z y x).
 
+    Notes
+    -----
     Each voxel blends the mappings of its 8 nearest tiles (edge tiles repeated) with
     scikit-image's weights, products and float32 accumulation, so the result equals
     ``_clahe`` on the whole image bit for bit.
@@ -568,6 +570,8 @@ def preprocess_volume(
         Extra attempts per failing block; blocks that still fail raise
         :class:`~organet.errors.BlockFailures` and a rerun resumes.
 
+    Notes
+    -----
     The data is written into ``DST.partial``, finished blocks (and statistics) are
     recorded in ``DST.progress``; a killed run rerun with the same arguments resumes and
     gives the same bytes. ``DST`` appears by rename only when complete.

@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from organet.errors import VolumeError
-from organet.volumes.ome_zarr import LABELS_GROUP, ORGANET_KEY, find_multiscales, ome_geometry
+from organet.volumes.ome_zarr import (
+    LABELS_GROUP,
+    ORGANET_KEY,
+    find_multiscales,
+    image_label,
+    label_colours,
+    label_names,
+    ome_geometry,
+)
 
 LayerData = tuple[Any, dict[str, Any], str]
 LABEL_KINDS = ("mask", "instances", "labels")
@@ -43,36 +51,24 @@ def _organet(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {}
 
 
-def _image_label(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The NGFF ``image-label`` object (0.5: under ``ome``; <= 0.4: top level), None if absent."""
-    ome = attrs.get("ome")
-    label = ome.get("image-label") if isinstance(ome, Mapping) and "image-label" in ome else attrs.get("image-label")
-    return dict(label) if isinstance(label, Mapping) else None
-
-
 def _is_label_image(attrs: Mapping[str, Any]) -> bool:
-    return _image_label(attrs) is not None or _organet(attrs).get("kind") in LABEL_KINDS
+    return image_label(attrs) is not None or _organet(attrs).get("kind") in LABEL_KINDS
 
 
 def _label_colormap(label: Mapping[str, Any] | None) -> dict[int | None, list[float]] | None:
     """napari's direct label colormap (label value -> RGBA 0..1) from NGFF ``colors``; values
     without a colour are transparent. None when there are no colours."""
-    colors = (label or {}).get("colors")
-    if not isinstance(colors, list):
+    colours = label_colours(label)
+    if not colours:
         return None
     cmap: dict[int | None, list[float]] = {None: [0.0, 0.0, 0.0, 0.0]}
-    for c in colors:
-        if isinstance(c, Mapping) and "label-value" in c and isinstance(c.get("rgba"), list) and len(c["rgba"]) == 4:
-            cmap[int(c["label-value"])] = [float(v) / 255.0 for v in c["rgba"]]
-    return cmap if len(cmap) > 1 else None
+    cmap.update({v: [x / 255.0 for x in rgba] for v, rgba in colours.items()})
+    return cmap
 
 
 def _ngff_label_names(group: Any) -> list[str]:
-    """Names listed by an NGFF ``labels`` group (``attrs["labels"]`` or ``attrs["ome"]["labels"]``)."""
-    attrs = _attrs(group)
-    ome = attrs.get("ome")
-    names = attrs.get("labels", ome.get("labels") if isinstance(ome, Mapping) else None)
-    return [str(n) for n in names] if isinstance(names, list) else []
+    """Names listed by an NGFF ``labels`` group."""
+    return label_names(_attrs(group))
 
 
 def image_layer(group: Any, where: str, name: str) -> LayerData:
@@ -113,7 +109,7 @@ def image_layer(group: Any, where: str, name: str) -> LayerData:
     if labels:
         if not np.issubdtype(levels[0].dtype, np.integer):
             raise VolumeError(f"{where} is marked as labels but has dtype {levels[0].dtype}; expected integers")
-        cmap = _label_colormap(_image_label(attrs))
+        cmap = _label_colormap(image_label(attrs))
         return data, {**kwargs, "opacity": 0.5, **({"colormap": cmap} if cmap else {})}, "labels"
     dtype = np.dtype(levels[0].dtype)
     if meta.get("kind") in ("probability", "uncertainty"):

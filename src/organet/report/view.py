@@ -39,7 +39,7 @@ from organet.blockwise.output import read_run
 from organet.errors import InputError, VolumeError
 from organet.volumes import Volume, open_volume
 from organet.volumes.geometry import Shape3, fmt_vec
-from organet.volumes.ome_zarr import LABELS_GROUP, find_multiscales
+from organet.volumes.ome_zarr import LABELS_GROUP, find_multiscales, image_label, label_colours, label_names
 from organet.volumes.remote import is_url
 
 from .prediction import _find
@@ -117,14 +117,6 @@ def _attrs(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _label_names(labels: Path) -> list[str]:
-    """The label images an NGFF ``labels`` group lists (``labels`` attribute, 0.4 or 0.5)."""
-    attrs = _attrs(labels) or {}
-    ome = attrs.get("ome")
-    names = attrs.get("labels", ome.get("labels") if isinstance(ome, dict) else None)
-    return [str(n) for n in names] if isinstance(names, list) else []
-
-
 def _image_groups(path: Path) -> list[tuple[Path, str]]:
     """The OME-Zarr images in ``path`` as (group, default layer name): ``path`` itself when it
     is an image, else its child images; after each image, the label images its ``labels``
@@ -139,7 +131,7 @@ def _image_groups(path: Path) -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
     for image, name in images:
         found.append((image, name))
-        for lab in _label_names(image / LABELS_GROUP):
+        for lab in label_names(_attrs(image / LABELS_GROUP) or {}):
             if find_multiscales(_attrs(image / LABELS_GROUP / lab) or {}) is not None:
                 found.append((image / LABELS_GROUP / lab, lab))
     return found
@@ -166,8 +158,7 @@ def _levels(group: Path, s0: Volume) -> tuple[tuple[Volume, ...], tuple[Shape3, 
 
 
 def _is_labels(attrs: dict[str, Any], meta: dict[str, Any], dtype: np.dtype) -> bool:
-    ome = attrs.get("ome")
-    if "image-label" in attrs or (isinstance(ome, dict) and "image-label" in ome):
+    if image_label(attrs) is not None:
         return True
     if "kind" in meta:
         return meta["kind"] in LABEL_KINDS
@@ -176,17 +167,11 @@ def _is_labels(attrs: dict[str, Any], meta: dict[str, Any], dtype: np.dtype) -> 
 
 def _label_colours(attrs: dict[str, Any]) -> dict[int, str]:
     """label value -> ``#rrggbb`` from NGFF ``image-label.colors`` (transparent ones left out)."""
-    ome = attrs.get("ome")
-    label = attrs.get("image-label", ome.get("image-label") if isinstance(ome, dict) else None)
-    out: dict[int, str] = {}
-    for c in (label or {}).get("colors") or []:
-        try:
-            value, rgba = int(c["label-value"]), [int(v) for v in c["rgba"]]
-        except (KeyError, TypeError, ValueError):
-            continue
-        if value != 0 and len(rgba) >= 3 and (len(rgba) < 4 or rgba[3] > 0):
-            out[value] = "#{:02x}{:02x}{:02x}".format(*rgba[:3])
-    return out
+    return {
+        v: "#{:02x}{:02x}{:02x}".format(*rgba[:3])
+        for v, rgba in label_colours(image_label(attrs)).items()
+        if v != 0 and rgba[3] > 0
+    }
 
 
 def probability_shader(top: float, colour: str) -> str:

@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -108,6 +108,35 @@ def label_source(spec: str | os.PathLike[str], label_image: str | os.PathLike[st
         if ms is not None and (group == path or any(d.get("path") == path.name for d in ms[0]["datasets"])):
             return os.path.relpath(group.resolve(), Path(label_image).expanduser().resolve())
     return None
+
+
+def image_label(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The NGFF ``image-label`` object of a group's attributes (0.5: under ``ome``; <= 0.4: top
+    level); None when the group is no label image."""
+    ome = attrs.get("ome")
+    label = ome.get("image-label") if isinstance(ome, Mapping) and "image-label" in ome else attrs.get("image-label")
+    return dict(label) if isinstance(label, Mapping) else None
+
+
+def label_colours(label: Mapping[str, Any] | None) -> dict[int, tuple[int, int, int, int]]:
+    """Label value -> RGBA (0..255) from an ``image-label``'s ``colors`` (malformed entries skipped)."""
+    out: dict[int, tuple[int, int, int, int]] = {}
+    colors = (label or {}).get("colors")
+    for c in colors if isinstance(colors, list) else []:
+        try:
+            value, rgba = int(c["label-value"]), [int(v) for v in c["rgba"]]
+        except (KeyError, TypeError, ValueError):
+            continue
+        if len(rgba) == 4:
+            out[value] = (rgba[0], rgba[1], rgba[2], rgba[3])
+    return out
+
+
+def label_names(attrs: Mapping[str, Any]) -> list[str]:
+    """The label images an NGFF ``labels`` group lists (its ``labels`` attribute, 0.4 or 0.5)."""
+    ome = attrs.get("ome")
+    names = attrs.get("labels", ome.get("labels") if isinstance(ome, Mapping) else None)
+    return [str(n) for n in names] if isinstance(names, list) else []
 
 
 def find_multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:

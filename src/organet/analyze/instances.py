@@ -15,8 +15,13 @@ result is recorded in the ledger ``OUTPUT.progress``, so a killed run resumes:
    of their first voxel, so with no filter the labels equal ``scipy.ndimage.label``
    of the whole volume exactly; ``"relabel"`` rewrites each block with final ids;
 4. ``"measure"``: per block statistics (voxels, coordinate sums, bounding box, raw
-   intensity sum and the marching-cubes surface of the cube cells whose lower corner
-   lies in the block), summed per object on the client.
+   intensity sum, probability sum and the marching-cubes surface of the cube cells whose
+   lower corner lies in the block), summed per object on the client.
+
+With an :class:`ObjectFilter` (``--min-radius``, ``--min-mean-probability``) a pass
+``"filter"`` before the numbering finds, per block, which objects hold a voxel at least
+``min_radius_nm`` from the background (the distance read with that much context, so it is
+exact) and sums their probability; objects failing either rule are dropped like small ones.
 
 With ``split`` (:class:`~organet.analyze.split.SplitParams`, ``--split watershed``), touching
 objects are separated by a seeded watershed on the distance transform (rules in
@@ -62,9 +67,9 @@ from organet.progress import ProgressFn
 from organet.volumes import Volume
 from organet.volumes.atomic import atomic_path, fsync_chunks, remove_path, replace_path, temp_sibling
 from organet.volumes.blocks import Block, BlockPlan, plan_blocks
-from organet.volumes.foreground import Kind, check_threshold, foreground, prediction_kind
+from organet.volumes.foreground import Kind, as_probability, check_threshold, foreground, prediction_kind
 from organet.volumes.geometry import Shape3, check_same_voxel_size
-from organet.volumes.ome_zarr import create_ome_image
+from organet.volumes.ome_zarr import create_ome_image, image_label_attrs, label_source
 
 COLUMNS = [
     "id",
@@ -81,10 +86,13 @@ COLUMNS = [
     "bbox_y1_vox",
     "bbox_x1_vox",
     "mean_intensity",
+    "mean_probability",
 ]
 
 STAGES = ("label", "merge faces", "relabel", "measure")
 SPLIT_STAGES = ("label", "merge faces", "seeds", "merge seeds", "flood", "relabel", "measure")
+FILTER_STAGE = "filter"
+"""The pass of an :class:`ObjectFilter`: after "merge faces" (after "flood" with a split)."""
 _SCRATCH = "work/scratch.zarr"
 _SEEDS = "work/seeds.zarr"
 _SPLIT = "work/split.zarr"
@@ -95,6 +103,36 @@ _COMP_BOX = "work/component_bbox.npy"  # (C, 6) [z0, y0, x0, z1, y1, x1) per com
 _COMP_SEEDED = "work/component_seeded.npy"  # (C,) bool: has a kept seed
 _CC: dict[int, Literal[6, 18, 26]] = {1: 6, 2: 18, 3: 26}  # connectivity -> cc3d's neighbourhood
 _LABELS = "labels.zarr"
+
+
+@dataclass(frozen=True)
+class ObjectFilter:
+    """Rules that drop objects besides the size filter (nm; probability in [0, 1]).
+
+    ``min_radius_nm``: keep an object only when it holds a voxel at least this far from the
+    background (Euclidean, in nm of the mask's voxel size; voxels beyond the volume are not
+    background): the radius of the largest ball that fits inside it. Sheets and threads
+    thinner than twice this (false detections along membranes) go; organelles thicker stay,
+    whatever their length. ``min_mean_probability``: keep an object only when the mean
+    foreground probability over its voxels reaches this (needs a probability input).
+    """
+
+    min_radius_nm: float = 0.0
+    min_mean_probability: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.min_radius_nm >= 0 and np.isfinite(self.min_radius_nm)):
+            raise InputError(f"--min-radius must be a distance >= 0 nm, got {self.min_radius_nm}")
+        p = self.min_mean_probability
+        if p is not None and not 0 <= p <= 1:
+            raise InputError(f"--min-mean-probability must lie in [0, 1] (a probability), got {p}")
+
+    @property
+    def active(self) -> bool:
+        return self.min_radius_nm > 0 or self.min_mean_probability is not None
+
+    def describe(self) -> dict[str, object]:
+        return {"min_radius_nm": float(self.min_radius_nm), "min_mean_probability": self.min_mean_probability}
 
 
 @dataclass(frozen=True)
@@ -112,6 +150,7 @@ class _Job:
     split: SplitParams | None = None
     seed_offsets: tuple[int, ...] = ()  # the same for the provisional seed ids
     n_seeds: int = 0  # kept seeds: split ids 1..n_seeds; components follow as n_seeds + component
+    filter: ObjectFilter = ObjectFilter()
 
     def _in(self, name: str) -> str:
         return str(Path(self.partial) / name)
@@ -279,6 +318,54 @@ def _flood_block(job: _Job, block: Block) -> dict[str, Any]:
     }
 
 
+def _filter_block(job: _Job, layer: str, block: Block) -> dict[str, np.ndarray]:
+    """Pass "filter": the ids of ``layer`` in the block; with ``min_radius_nm`` whether each
+    holds a voxel that far from the background (``core``), with ``min_mean_probability`` the
+    sum of its foreground probability (``prob_sum``)."""
+    import fastremap
+
+    box = block.roi.slices()
+    g = _read_global(job, box, layer)
+    ids, inv = fastremap.unique(g.ravel(), return_inverse=True)
+    ids, inv = np.asarray(ids, np.int64), np.asarray(inv, np.int64)
+    sel = ids > 0
+    out = {"ids": ids[sel]}
+    r = job.filter.min_radius_nm
+    if r > 0:
+        vs = job.mask.voxel_size
+        region = _region(job, block, halo_voxels(r, vs))
+        inner = tuple(slice(b.start - q.start, b.stop - q.start) for b, q in zip(box, region))
+        core = seed_cores(distance_nm(_read_global(job, region) > 0, vs, r), r)[inner]
+        out["core"] = np.bincount(inv, weights=core.ravel(), minlength=len(ids))[sel] > 0
+    if job.filter.min_mean_probability is not None:
+        p = as_probability(job.mask.read(box), job.kind, job.mask.path or "the mask")
+        out["prob_sum"] = np.bincount(inv, weights=p.ravel(), minlength=len(ids))[sel]
+    return out
+
+
+def _filter_keep(job: _Job, run_pass: Any, layer: str, index: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Run the pass "filter" over ``layer`` and return which objects pass :attr:`_Job.filter`.
+
+    ``index[i]``: the object (0-based) of the layer's id ``i``; ``sizes``: voxels per object.
+    """
+    done = run_pass(functools.partial(_filter_block, job, layer), job.plan, stage=FILTER_STAGE)
+    keep = np.ones(len(sizes), bool)
+    core = np.zeros(len(sizes), bool)
+    prob = np.zeros(len(sizes), np.float64)
+    for b in job.plan.indices():
+        res = done[b]["result"]
+        obj = index[np.asarray(res["ids"], np.int64)]
+        if "core" in res:
+            np.logical_or.at(core, obj, np.asarray(res["core"], bool))
+        if "prob_sum" in res:
+            np.add.at(prob, obj, np.asarray(res["prob_sum"], np.float64))
+    if job.filter.min_radius_nm > 0:
+        keep &= core
+    if job.filter.min_mean_probability is not None:
+        keep &= prob / np.maximum(sizes, 1) >= job.filter.min_mean_probability
+    return keep
+
+
 def _half_neighbourhood(connectivity: int) -> list[Shape3]:
     st = ndimage.generate_binary_structure(3, connectivity)
     return [
@@ -359,6 +446,9 @@ def _stats_block(job: _Job, block: Block) -> dict[str, np.ndarray]:
     if job.raw is not None:
         weights = job.raw.read(box).astype(np.float64).ravel()
         cols["raw_sum"] = np.bincount(inv.ravel(), weights=weights, minlength=n)[sel]
+    if job.kind != "binary":
+        weights = as_probability(job.mask.read(box), job.kind).ravel()
+        cols["prob_sum"] = np.bincount(inv.ravel(), weights=weights, minlength=n)[sel]
     objs = ndimage.find_objects(inv.astype(np.int64) + 1)
     for axis, (a, s) in enumerate(zip("zyx", box)):
         cols[f"b0_{a}"] = np.array([objs[k][axis].start + s.start for k in np.flatnonzero(sel)], np.int64)
@@ -392,10 +482,11 @@ def _block_frame(cols: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(cols).merge(area, on="id", how="outer")
 
 
-def _combine(parts: list[pd.DataFrame], mask: Volume, has_raw: bool) -> pd.DataFrame:
+def _combine(parts: list[pd.DataFrame], mask: Volume, has_raw: bool, has_prob: bool = False) -> pd.DataFrame:
     """Sum the per-block partial statistics per object into the object table (:data:`COLUMNS`)."""
     df = pd.concat([p for p in parts if len(p)] or [pd.DataFrame({"id": np.zeros(0, np.int64)})], ignore_index=True)
-    for c in ("voxels", "sum_z", "sum_y", "sum_x", "raw_sum", "area", *(f"b{i}_{a}" for i in (0, 1) for a in "zyx")):
+    sums = ("voxels", "sum_z", "sum_y", "sum_x", "raw_sum", "prob_sum", "area")
+    for c in (*sums, *(f"b{i}_{a}" for i in (0, 1) for a in "zyx")):
         if c not in df:
             df[c] = np.nan
     g = df.groupby("id", sort=True).agg(
@@ -404,6 +495,7 @@ def _combine(parts: list[pd.DataFrame], mask: Volume, has_raw: bool) -> pd.DataF
         sum_y=("sum_y", "sum"),
         sum_x=("sum_x", "sum"),
         raw_sum=("raw_sum", "sum"),
+        prob_sum=("prob_sum", "sum"),
         area=("area", "sum"),
         **{f"b0_{a}": (f"b0_{a}", "min") for a in "zyx"},
         **{f"b1_{a}": (f"b1_{a}", "max") for a in "zyx"},
@@ -424,6 +516,7 @@ def _combine(parts: list[pd.DataFrame], mask: Volume, has_raw: bool) -> pd.DataF
         for a in "zyx":
             out[f"bbox_{a}{i}_vox"] = g[f"b{i}_{a}"].to_numpy(np.float64).astype(np.int64)
     out["mean_intensity"] = g["raw_sum"].to_numpy(np.float64) / np.maximum(vox, 1) if has_raw else np.nan
+    out["mean_probability"] = g["prob_sum"].to_numpy(np.float64) / np.maximum(vox, 1) if has_prob else np.nan
     return out[COLUMNS].reset_index(drop=True)
 
 
@@ -444,6 +537,8 @@ class InstancesResult:
     inexact: int = 0
     """With a split: connected components larger than a block plus its context (grown by the
     seed distance), whose split may differ from a single pass at block faces (0: exact)."""
+    removed_filtered: int = 0
+    """Objects of at least the minimum size dropped by the :class:`ObjectFilter`."""
 
 
 def _create_scratch(folder: Path, plan: BlockPlan, split: bool = False) -> None:
@@ -510,15 +605,29 @@ def _merge_layer(
 
 
 def _create_labels(partial: Path, mask: Volume, dtype: Any, chunks: Shape3, meta: dict[str, Any], name: str) -> None:
-    """``labels.zarr`` (OME-Zarr 0.5, array ``s0``) inside ``partial``, built aside and renamed in."""
+    """``labels.zarr`` (an OME-Zarr 0.5 label image, array ``s0``) inside ``partial``, built aside
+    and renamed in. Its NGFF ``image-label`` has no colours (one per object would be huge) and,
+    when ``mask`` is an OME-Zarr image, ``source`` = that image: its URL, or its path relative
+    to the final ``OUTPUT/labels.zarr`` (``OUTPUT`` is ``name``, beside ``partial``)."""
     import zarr
 
     dst = partial / _LABELS
     if dst.exists():  # an interrupted run created it (with the same settings: the ledger checks them)
         return
+    source = label_source(mask.path, partial.parent / name / _LABELS) if mask.path else None
     tmp = temp_sibling(dst)
     root = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
-    create_ome_image(root, mask.shape, dtype, mask.voxel_size, mask.offset, chunks, meta, name=name)
+    create_ome_image(
+        root,
+        mask.shape,
+        dtype,
+        mask.voxel_size,
+        mask.offset,
+        chunks,
+        meta,
+        name=name,
+        image_label=image_label_attrs(source=source),
+    )
     replace_path(tmp, dst)
 
 
@@ -536,6 +645,7 @@ def label_instances(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     split: SplitParams | None = None,
+    object_filter: ObjectFilter | None = None,
 ) -> InstancesResult:
     """Connected components of ``mask`` into the folder ``output``, touching objects split
     apart with ``split``.
@@ -564,6 +674,12 @@ def label_instances(
     split objects. The flood of each block reads ``split.context_nm`` around it; with no
     component larger than a block plus that context (:attr:`InstancesResult.inexact` = 0) the
     labels equal those of one block covering the whole volume.
+
+    ``object_filter``: drop objects thinner than a radius (nm) or less confident than a mean
+    probability (:class:`ObjectFilter`), after the split and with the size filter; the
+    objects dropped are counted in :attr:`InstancesResult.removed_filtered`. The table's
+    ``mean_probability`` is the mean foreground probability of each object for a
+    probability input (NaN for a mask).
     """
     t0 = time.time()
     if connectivity not in (1, 2, 3):
@@ -575,6 +691,12 @@ def label_instances(
         raise InputError(
             f"--seed-threshold {split.seed_threshold} needs a probability, but {mask.path or 'the mask'} is a "
             f"binary mask ({mask.dtype}): give the probability (e.g. OUT.zarr/probability)"
+        )
+    filt = object_filter if object_filter is not None and object_filter.active else None
+    if filt is not None and filt.min_mean_probability is not None and prediction_kind(mask) == "binary":
+        raise InputError(
+            f"--min-mean-probability {filt.min_mean_probability} needs a probability, but {mask.path or 'the mask'} "
+            f"is a binary mask ({mask.dtype}): give the probability (e.g. OUT.zarr/probability)"
         )
     if raw is not None:
         if tuple(raw.shape) != tuple(mask.shape):
@@ -610,6 +732,8 @@ def label_instances(
     }
     if split is not None:
         run["split"] = split.describe()
+    if filt is not None:
+        run["filter"] = filt.describe()
     out = ResumableOutput(output, run, overwrite=overwrite)
     if out.complete:
         table = pd.read_parquet(output / "objects.parquet")
@@ -617,7 +741,7 @@ def label_instances(
         return InstancesResult(output, len(table), 0, table, time.time() - t0, 0, note)
     out.start(functools.partial(_create_scratch, plan=plan, split=split is not None))
     partial, ledger, resumed = out.partial, out.ledger, out.resumed
-    job = _Job(mask, raw, kind, str(partial), plan, connectivity, threshold, split=split)
+    job = _Job(mask, raw, kind, str(partial), plan, connectivity, threshold, split=split, filter=filt or ObjectFilter())
     run_pass = functools.partial(run_blocks, ledger=ledger, client=client, retries=retries, progress=progress)
 
     indices = list(plan.indices())
@@ -628,13 +752,20 @@ def label_instances(
     pairs = run_pass(functools.partial(_block_pairs, job), plan, stage="merge faces")
     _, n_comp, comp, comp_first, comp_size = _merge_layer(results, pairs, indices)
     voxel_nm3 = float(np.prod(mask.voxel_size))
-    n_seeds = n_inexact = 0
+    n_seeds = n_inexact = n_filtered = 0
     if split is None:
-        final, n_kept = _number(comp_first, comp_size * voxel_nm3 >= min_size_nm3)
-        n_objects = n_comp
+        big = comp_size * voxel_nm3 >= min_size_nm3
+        keep = big
+        if filt is not None:
+            keep = big & _filter_keep(job, run_pass, "foreground", np.concatenate([[0], comp]), comp_size)
+            n_filtered = int((big & ~keep).sum())
+        final, n_kept = _number(comp_first, keep)
+        n_objects = n_comp - n_filtered
         mapping = np.concatenate([[0], final[comp]])
     else:
-        n_seeds, n_inexact, final, n_kept, n_objects = _split(job, run_pass, results, comp, n_comp, min_size_nm3)
+        n_seeds, n_inexact, final, n_kept, n_objects, n_filtered = _split(
+            job, run_pass, results, comp, n_comp, min_size_nm3
+        )
         mapping = np.concatenate([[0], final])
     dtype = np.uint32 if n_kept < 2**32 else np.uint64
     _save(job.mapping, mapping.astype(dtype))
@@ -649,7 +780,9 @@ def label_instances(
 
     run_pass(functools.partial(_relabel_block, job), plan, stage="relabel")
     parts = run_pass(functools.partial(_stats_block, job), plan, stage="measure")
-    table = _combine([_block_frame(parts[b]["result"]) for b in plan.indices()], mask, raw is not None)
+    table = _combine(
+        [_block_frame(parts[b]["result"]) for b in plan.indices()], mask, raw is not None, kind != "binary"
+    )
     with atomic_path(partial / "objects.csv") as tmp:
         table.to_csv(tmp, index=False)
     with atomic_path(partial / "objects.parquet") as tmp:
@@ -665,7 +798,16 @@ def label_instances(
             "differ from a single pass at block faces (raise --context or --block)"
         )
     return InstancesResult(
-        output, n_kept, n_objects - n_kept, table, time.time() - t0, resumed, "; ".join(notes), n_seeds, n_inexact
+        output,
+        n_kept,
+        n_objects - n_kept,
+        table,
+        time.time() - t0,
+        resumed,
+        "; ".join(notes),
+        n_seeds,
+        n_inexact,
+        n_filtered,
     )
 
 
@@ -676,10 +818,11 @@ def _split(
     comp: np.ndarray,
     n_comp: int,
     min_size_nm3: float,
-) -> tuple[int, int, np.ndarray, int, int]:
-    """The passes "seeds", "merge seeds" and "flood" (after the components are known); returns
-    the kept seeds, the inexact components, the final id of each split id (index 0 = id 1),
-    the objects kept and the objects before the size filter."""
+) -> tuple[int, int, np.ndarray, int, int, int]:
+    """The passes "seeds", "merge seeds" and "flood" (after the components are known), and
+    "filter" with an :class:`ObjectFilter`; returns the kept seeds, the inexact components,
+    the final id of each split id (index 0 = id 1), the objects kept, the objects before the
+    size filter less those the object filter dropped, and those."""
     params = job.split
     assert params is not None
     plan, mask = job.plan, job.mask
@@ -720,8 +863,22 @@ def _split(
         np.add.at(sizes, ids, np.asarray(r["sizes"], np.int64))
         inexact.update(int(c) for c in np.asarray(r["inexact"], np.int64))
     present = sizes > 0
-    final, n_kept = _number(first, present & (sizes * voxel_nm3 >= min_size_nm3))
-    return n_seeds, len(inexact), final, n_kept, int(present.sum())
+    big = present & (sizes * voxel_nm3 >= min_size_nm3)
+    keep = big
+    if job.filter.active:
+        keep = big & _filter_keep(job, run_pass, "split", np.arange(-1, n_ids), sizes)
+    n_filtered = int((big & ~keep).sum())
+    final, n_kept = _number(first, keep)
+    return n_seeds, len(inexact), final, n_kept, int(present.sum()) - n_filtered, n_filtered
 
 
-__all__ = ["COLUMNS", "SPLIT_STAGES", "STAGES", "InstancesResult", "SplitParams", "label_instances"]
+__all__ = [
+    "COLUMNS",
+    "FILTER_STAGE",
+    "SPLIT_STAGES",
+    "STAGES",
+    "InstancesResult",
+    "ObjectFilter",
+    "SplitParams",
+    "label_instances",
+]

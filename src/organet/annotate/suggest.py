@@ -45,7 +45,7 @@ from organet.progress import ProgressFn
 from organet.volumes import Roi, Volume, open_volume
 from organet.volumes.atomic import atomic_path, atomic_write_text
 from organet.volumes.blocks import Block, BlockPlan, plan_blocks
-from organet.volumes.foreground import Kind, prediction_kind, probability_to_uint8
+from organet.volumes.foreground import Kind, as_probability, not_probability, prediction_kind, probability_to_uint8
 from organet.volumes.geometry import Shape3, Vec3, as_int3, as_vec3, check_same_voxel_size, fmt_vec
 from organet.volumes.ome_zarr import create_ome_image
 from organet.volumes.pyramid import build_pyramid
@@ -146,24 +146,6 @@ def uncertainty_map(probabilities: Sequence[np.ndarray], score: Score = "entropy
     return np.clip(h - expected, 0.0, 1.0)
 
 
-def as_probability(data: np.ndarray, kind: Kind, where: str = "the input") -> np.ndarray:
-    """Foreground probability (float64, [0, 1]) of data read as ``kind``
-    (:func:`~organet.volumes.foreground.prediction_kind`): uint8 ``v`` marked as a
-    probability is ``v / 255``, floats are clipped (NaN = 0); masks are refused."""
-    if kind == "probability_uint8":
-        return np.asarray(data, np.float64) / 255.0
-    if kind == "probability":
-        return np.clip(np.nan_to_num(np.asarray(data, np.float64), nan=0.0), 0.0, 1.0)
-    raise _not_probability(where)
-
-
-def _not_probability(where: str) -> InputError:
-    return InputError(
-        f"{where} is not a probability (it reads as a binary mask); expected OUT.zarr/probability of "
-        "`organet predict` (uint8 0-255) or float probabilities in [0, 1]"
-    )
-
-
 def _name(v: Volume) -> str:
     return v.path or "<in memory>"
 
@@ -182,7 +164,7 @@ def open_probability(spec: str | Path | Volume, voxel_size: Sequence[float] | No
                 raise
             vol = open_volume(Path(spec) / "probability", voxel_size=voxel_size)
     if prediction_kind(vol) == "binary":
-        raise _not_probability(f"{_name(vol)} (dtype {vol.dtype})")
+        raise not_probability(f"{_name(vol)} (dtype {vol.dtype})")
     return vol
 
 
@@ -418,7 +400,10 @@ def select_boxes(
         ``"random"``: uniformly random positions, kept when they overlap no earlier box
         and pass the sample rule (no spacing), with ``rng`` (a seed or Generator).
 
-    Returns fewer than ``k`` boxes when no more fit.
+    Returns
+    -------
+    list[Box]
+        Fewer than ``k`` boxes when no more fit.
     """
     if int(k) < 1:
         raise InputError(f"the number of boxes must be >= 1, got {k}")

@@ -19,12 +19,15 @@ from organet.errors import InputError
 from organet.volumes.geometry import check_same_voxel_size
 
 SPLIT = "Splitting touching objects (--split watershed)"
+FILTER = "Dropping false objects"
 
 
 @handle_errors
 @with_cluster_options
 def instances(
-    mask: Annotated[str, typer.Argument(help="binary mask or probability (e.g. OUT.zarr/mask), any volume form")],
+    mask: Annotated[
+        str, typer.Argument(help="binary mask or probability (e.g. OUT.zarr/probability/labels/mask), any volume form")
+    ],
     output: Annotated[Path, typer.Option(help="output folder: labels.zarr, objects.csv, objects.parquet")],
     min_size: Annotated[float, typer.Option("--min-size", help="drop objects smaller than this volume (nm³)")] = 0.0,
     raw: Annotated[str | None, typer.Option(help="raw volume for the mean intensity (aligned by nm)")] = None,
@@ -69,6 +72,23 @@ def instances(
             rich_help_panel=SPLIT,
         ),
     ] = None,
+    min_radius: Annotated[
+        float,
+        typer.Option(
+            "--min-radius",
+            help="drop objects with no voxel this far (nm) from the background: thinner than twice this "
+            "(sheets and threads along membranes); 0: keep all",
+            rich_help_panel=FILTER,
+        ),
+    ] = 0.0,
+    min_mean_probability: Annotated[
+        float | None,
+        typer.Option(
+            "--min-mean-probability",
+            help="drop objects whose mean probability is below this (needs a probability input)",
+            rich_help_panel=FILTER,
+        ),
+    ] = None,
     overwrite: Overwrite = False,
     dask: ClusterOptions = ClusterOptions(),
 ) -> None:
@@ -78,14 +98,17 @@ def instances(
     With --split watershed, touching objects are split: seeds are the connected cores deeper than
     --seed-distance nm in the mask (distance transform in nm, anisotropic voxels allowed), flooded
     back over the mask by a watershed of the distance; components without a seed stay whole.
+    --min-radius and --min-mean-probability drop false objects that are too thin or too unsure
+    (after the split, like --min-size); the table has each object's mean probability.
     """
-    from organet.analyze.instances import label_instances
+    from organet.analyze.instances import ObjectFilter, label_instances
     from organet.analyze.split import METHODS, SplitParams
     from organet.volumes import open_volume
 
     if split not in METHODS:
         raise InputError(f"--split {split!r}: expected one of {', '.join(METHODS)}")
     params = SplitParams(seed_distance, min_seed_size, context, seed_threshold) if split == "watershed" else None
+    object_filter = ObjectFilter(min_radius, min_mean_probability)
 
     m = open_volume(mask, voxel_size=voxel_size)
     r = None
@@ -106,11 +129,13 @@ def instances(
             retries=retries,
             overwrite=overwrite,
             split=params,
+            object_filter=object_filter,
         )
     seeds = f", {res.seeds} seeds" if params is not None else ""
+    filtered = f", {res.removed_filtered} too thin or unsure removed" if object_filter.active else ""
     say(
         f"wrote {res.output}: {res.objects} objects ({res.removed_small} smaller than {min_size:g} nm³ "
-        f"removed{seeds}), labels.zarr, objects.csv, objects.parquet; {res.seconds:.1f} s"
+        f"removed{filtered}{seeds}), labels.zarr, objects.csv, objects.parquet; {res.seconds:.1f} s"
     )
     if res.note:
         say(res.note)

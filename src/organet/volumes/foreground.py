@@ -82,4 +82,32 @@ def foreground(data: np.ndarray, kind: Kind, threshold: float = 0.5) -> np.ndarr
     return np.asarray(data) > 0
 
 
-__all__ = ["Kind", "check_threshold", "foreground", "prediction_kind", "probability_to_uint8", "uint8_cut"]
+def as_probability(data: np.ndarray, kind: Kind, where: str = "the input") -> np.ndarray:
+    """Foreground probability (float64, [0, 1]) of data read as ``kind``
+    (:func:`prediction_kind`): uint8 ``v`` marked as a probability is ``v / 255``, floats are
+    clipped (NaN = 0); binary masks are refused (:class:`~organet.errors.InputError` naming ``where``)."""
+    if kind == "probability_uint8":
+        return np.asarray(data, np.float64) / 255.0
+    if kind == "probability":
+        return np.clip(np.nan_to_num(np.asarray(data, np.float64), nan=0.0), 0.0, 1.0)
+    raise not_probability(where)
+
+
+def not_probability(where: str) -> InputError:
+    """The error for a binary mask given where a probability is needed."""
+    return InputError(
+        f"{where} is not a probability (it reads as a binary mask); expected OUT.zarr/probability of "
+        "`organet predict` (uint8 0-255) or float probabilities in [0, 1]"
+    )
+
+
+__all__ = [
+    "Kind",
+    "as_probability",
+    "check_threshold",
+    "foreground",
+    "not_probability",
+    "prediction_kind",
+    "probability_to_uint8",
+    "uint8_cut",
+]

@@ -205,6 +205,23 @@ def main(argv: list[str] | None = None) -> int:
         row = run(f"{name}_mix{MIX_NO_FOREGROUND:g}", rois, seed, mix=MIX_NO_FOREGROUND)
         return {**row, "foreground": fg, "note": "no mitochondria in the suggested boxes: mixed with Lucchi++"}
 
+    # forgetting first: it needs one budget only, the sweep over budgets and seeds takes longest
+    if not args.no_forgetting:
+        lucchi_raw, lucchi_lab = args.data / "lucchi_raw.zarr", args.data / "lucchi_mito.zarr"
+        b = args.forgetting_budget
+        suggested = cells.get(f"boxes_uncertainty_b{b:g}", lambda: {"rois": boxes(b, "uncertainty", 0)})["rois"]
+
+        def old_domain(ckpt_path: Path | str, name: str) -> dict[str, Any]:
+            p = _predict(ckpt_path, lucchi_raw, out / "old_domain" / f"{name}.zarr", "125:165,:,:")
+            return _score(p, lucchi_lab, "125:165,:,:", exclusion=True)
+
+        cells.get("old_domain_source", lambda: old_domain(model, "source"))
+        for mix in (0.0, 0.25):
+            key = f"suggested_b{b:g}_s0" if mix == 0 else f"suggested_b{b:g}_s0_mix{mix:g}"
+            cells.get(key, lambda m=mix, k=key: run(k, suggested, 0, mix=m))
+            last = out / "runs" / key / "checkpoints" / f"iter_{args.iterations:07d}.pt"
+            cells.get(f"old_domain_{key}", lambda p=last, k=key: old_domain(p, k))
+
     for budget in args.budgets:
         suggested = cells.get(f"boxes_uncertainty_b{budget:g}", lambda b=budget: {"rois": boxes(b, "uncertainty", 0)})[
             "rois"
@@ -222,26 +239,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"scratch_b{budget:g}_s{seed}",
                 lambda s=seed, r=rnd, b=budget: run(f"scratch_b{b:g}_s{s}", r, s, scratch=True),
             )
-
-    if not args.no_forgetting:
-        lucchi_raw, lucchi_lab = args.data / "lucchi_raw.zarr", args.data / "lucchi_mito.zarr"
-        b = args.forgetting_budget
-        suggested = (
-            cells.rows[f"boxes_uncertainty_b{b:g}"]["rois"]
-            if f"boxes_uncertainty_b{b:g}" in cells.rows
-            else boxes(b, "uncertainty", 0)
-        )
-
-        def old_domain(ckpt_path: Path | str, name: str) -> dict[str, Any]:
-            p = _predict(ckpt_path, lucchi_raw, out / "old_domain" / f"{name}.zarr", "125:165,:,:")
-            return _score(p, lucchi_lab, "125:165,:,:", exclusion=True)
-
-        cells.get("old_domain_source", lambda: old_domain(model, "source"))
-        for mix in (0.0, 0.25):
-            key = f"suggested_b{b:g}_s0" if mix == 0 else f"suggested_b{b:g}_s0_mix{mix:g}"
-            cells.get(key, lambda m=mix, k=key: run(k, suggested, 0, mix=m))
-            last = out / "runs" / key / "checkpoints" / f"iter_{args.iterations:07d}.pt"
-            cells.get(f"old_domain_{key}", lambda p=last, k=key: old_domain(p, k))
 
     report(out, cells.rows, args)
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tests.helpers import spread_unet
 
 from organet.blockwise.output import read_run
 from organet.errors import InputError
@@ -35,10 +36,7 @@ def close(got: np.ndarray, ref: np.ndarray) -> None:
 def lively(seed: int = 0) -> UNet:
     """A random network with weights scaled up, so its probabilities span [0, 1]."""
     torch.manual_seed(seed)
-    net = UNet(CFG)
-    with torch.no_grad():
-        for p in net.parameters():
-            p *= 3.0
+    net = spread_unet(CFG)
     return net.eval()
 
 

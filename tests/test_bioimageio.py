@@ -12,6 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from tests.helpers import spread_unet
 from typer.testing import CliRunner
 
 from organet.cli import app
@@ -42,10 +43,7 @@ runner = CliRunner()
 def lively(cfg: UNetConfig, seed: int = 0) -> UNet:
     """A random network with weights scaled up, so its probabilities span [0, 1]."""
     torch.manual_seed(seed)
-    net = UNet(cfg)
-    with torch.no_grad():
-        for p in net.parameters():
-            p *= 3.0
+    net = spread_unet(cfg)
     return net.eval()
 
 

@@ -13,13 +13,14 @@ import zarr
 from skimage.exposure import equalize_adapthist, rescale_intensity
 from skimage.exposure._adapthist import _clahe
 from skimage.util import img_as_uint
+from tests.helpers import spread_unet
 from typer.testing import CliRunner
 
 from organet.blockwise.faults import ENV
 from organet.cli import app
 from organet.errors import BlockFailures, IncompatibleError
 from organet.model.checkpoint import Checkpoint, save_checkpoint
-from organet.model.unet import UNet, UNetConfig
+from organet.model.unet import UNetConfig
 from organet.predict import Predictor, predict_volume
 from organet.predict.run import IMAGES, input_box
 from organet.predict.tiled import reflect_indices
@@ -274,10 +275,7 @@ ROI = Roi((10, 70, 30), (16, 20, 24))
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    net = UNet(CFG)
-    with torch.no_grad():
-        for prm in net.parameters():
-            prm *= 3.0
+    net = spread_unet(CFG)
     for name, vs in (("model.pt", 5.0), ("model10.pt", 10.0)):
         save_checkpoint(
             Checkpoint(CFG, TILE, (vs, vs, vs), Normalization(preprocess=REC), "mito", net.state_dict()), d / name

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tests.helpers import spread_unet
 from typer.testing import CliRunner
 
 import organet.evaluate.checkpoints as ck_module
@@ -26,7 +27,7 @@ from organet.evaluate import (
     select_checkpoints,
 )
 from organet.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from organet.model.unet import UNet, UNetConfig
+from organet.model.unet import UNetConfig
 from organet.predict import predict_volume
 from organet.preprocess import Normalization
 from organet.volumes import Roi, write_ome_zarr
@@ -45,10 +46,7 @@ def invoke(*args):
 def lively(seed: int) -> dict[str, torch.Tensor]:
     """Weights of a random network scaled up, so its probabilities span [0, 1]."""
     torch.manual_seed(seed)
-    net = UNet(CFG)
-    with torch.no_grad():
-        for p in net.parameters():
-            p *= 3.0
+    net = spread_unet(CFG)
     return net.state_dict()
 
 

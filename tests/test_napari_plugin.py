@@ -10,12 +10,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from tests.helpers import spread_unet
 
 from organet.annotate import napari_predict as npp
 from organet.annotate import napari_reader as nr
 from organet.errors import InputError
 from organet.model.checkpoint import Checkpoint, save_checkpoint
-from organet.model.unet import UNet, UNetConfig
+from organet.model.unet import UNetConfig
 from organet.predict import Predictor, predict_volume
 from organet.preprocess import Normalization
 from organet.volumes import Roi, Volume, write_ome_zarr
@@ -52,10 +53,7 @@ def world(tmp_path_factory):
     16, 0, 8 nm) and its ``organet predict`` output (two pyramid levels)."""
     d = tmp_path_factory.mktemp("plugin")
     torch.manual_seed(0)
-    net = UNet(CFG)
-    with torch.no_grad():
-        for p in net.parameters():
-            p *= 3.0  # probabilities that span [0, 1]
+    net = spread_unet(CFG)
     save_checkpoint(Checkpoint(CFG, (TILE,) * 3, VS, Normalization(), "mito", net.state_dict()), d / "model.pt")
     raw = np.random.default_rng(0).integers(0, 255, (24, 48, 64), dtype=np.uint8)
     with write_ome_zarr(d / "raw.zarr") as w:

@@ -16,13 +16,14 @@ import pytest
 import torch
 import yaozarrs  # the OME-Zarr validator (test extra)
 import zarr
+from tests.helpers import spread_unet
 
 from organet.analyze.instances import label_instances
 from organet.annotate import napari_reader as nr
 from organet.blockwise.output import RUN_KEY, read_run
 from organet.errors import IncompatibleError
 from organet.model.checkpoint import Checkpoint, save_checkpoint
-from organet.model.unet import UNet, UNetConfig
+from organet.model.unet import UNetConfig
 from organet.predict import Predictor, predict_volume
 from organet.preprocess import Normalization
 from organet.report.prediction import prediction_record
@@ -61,10 +62,7 @@ def world(tmp_path_factory):
     16, 0, 8 nm) and its ``organet predict`` output ``pred.zarr`` (threshold 0.4, 3 levels)."""
     d = tmp_path_factory.mktemp("ngff")
     torch.manual_seed(0)
-    net = UNet(CFG)
-    with torch.no_grad():
-        for p in net.parameters():
-            p *= 3.0  # probabilities that span [0, 1]
+    net = spread_unet(CFG)
     save_checkpoint(Checkpoint(CFG, TILE, VS, Normalization(), "mito", net.state_dict()), d / "model.pt")
     raw = np.random.default_rng(0).integers(0, 255, (24, 48, 64), dtype=np.uint8)
     with write_ome_zarr(d / "raw.zarr") as w:

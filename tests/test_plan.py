@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests.helpers import spread_unet
 from typer.testing import CliRunner
 
 from organet.cli import app
@@ -123,10 +124,7 @@ def test_grid_with_extent_writes_each_voxel_of_the_region_once_whatever_the_bloc
 
 def test_the_last_tile_writes_its_whole_output_and_blocks_still_equal_one_region(tmp_path):
     torch.manual_seed(3)
-    net = UNet(TINY)
-    with torch.no_grad():
-        for p in net.parameters():
-            p *= 3.0
+    net = spread_unet(TINY)
     save_checkpoint(
         Checkpoint(TINY, (60, 60, 60), (5.0,) * 3, Normalization(), "mito", net.state_dict()), tmp_path / "m.pt"
     )

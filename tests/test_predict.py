@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from tests.helpers import spread_unet
 
 from organet.blockwise.faults import ENV
 from organet.errors import BlockFailures, IncompatibleError, InputError
@@ -38,10 +39,7 @@ ROI = Roi((3, 5, 2), (30, 40, 44))  # blocks 2 x 2 x 2, partial at the far edges
 def lively(cfg: UNetConfig, seed: int = 0) -> UNet:
     """A random network with weights scaled up, so its probabilities span [0, 1]."""
     torch.manual_seed(seed)
-    net = UNet(cfg)
-    with torch.no_grad():
-        for p in net.parameters():
-            p *= 3.0
+    net = spread_unet(cfg)
     return net.eval()
 
 

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from tests.helpers import spread_unet
 from typer.testing import CliRunner
 
 from organet.cli import app
 from organet.errors import InputError
 from organet.model.checkpoint import Checkpoint, save_checkpoint
-from organet.model.unet import UNet, UNetConfig
+from organet.model.unet import UNetConfig
 from organet.predict import Predictor, predict_volume
 from organet.preprocess import Normalization
 from organet.report.view import NEUROGLANCER_MISSING, start_viewer, view_layers, viewer_state
@@ -47,10 +48,7 @@ def predicted(tmp_path_factory):
     """A tiny organet predict output (pyramid of 4 levels) of a raw volume with an offset."""
     d = tmp_path_factory.mktemp("view")
     torch.manual_seed(0)
-    net = UNet(CFG)
-    with torch.no_grad():
-        for p in net.parameters():
-            p *= 3.0
+    net = spread_unet(CFG)
     save_checkpoint(Checkpoint(CFG, TILE, VS, Normalization(), "mito", net.state_dict()), d / "model.pt")
     raw = np.random.default_rng(0).integers(0, 255, (16, 40, 40), dtype=np.uint8)
     with write_ome_zarr(d / "raw.zarr") as w:

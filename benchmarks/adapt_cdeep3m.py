@@ -56,6 +56,10 @@ FILES = {
 }
 
 
+CONDITIONS = ("suggested", "random", "scratch")
+"""Fine-tuned on suggested boxes, on random boxes, and trained on the random boxes from scratch."""
+
+
 def _convert(data: Path) -> dict[str, Path]:
     from organet.volumes import convert_volume
 
@@ -123,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=300, help="training iterations of every run")
     ap.add_argument("--forgetting-budget", type=float, default=1.0)
     ap.add_argument("--no-forgetting", action="store_true")
+    ap.add_argument(
+        "--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS), help="which runs (in this order)"
+    )
     args = ap.parse_args(argv)
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent (see ../shared/data/README.md)")
@@ -222,23 +229,21 @@ def main(argv: list[str] | None = None) -> int:
             last = out / "runs" / key / "checkpoints" / f"iter_{args.iterations:07d}.pt"
             cells.get(f"old_domain_{key}", lambda p=last, k=key: old_domain(p, k))
 
-    for budget in args.budgets:
-        suggested = cells.get(f"boxes_uncertainty_b{budget:g}", lambda b=budget: {"rois": boxes(b, "uncertainty", 0)})[
-            "rois"
-        ]
-        for seed in args.seeds:
-            rnd = cells.get(
-                f"boxes_random_b{budget:g}_s{seed}", lambda b=budget, s=seed: {"rois": boxes(b, "random", s)}
-            )["rois"]
-            cells.get(
-                f"suggested_b{budget:g}_s{seed}",
-                lambda s=seed, r=suggested, b=budget: suggested_run(f"suggested_b{b:g}_s{s}", r, s),
-            )
-            cells.get(f"random_b{budget:g}_s{seed}", lambda s=seed, r=rnd, b=budget: run(f"random_b{b:g}_s{s}", r, s))
-            cells.get(
-                f"scratch_b{budget:g}_s{seed}",
-                lambda s=seed, r=rnd, b=budget: run(f"scratch_b{b:g}_s{s}", r, s, scratch=True),
-            )
+    def cell(cond: str, budget: float, seed: int) -> None:
+        if cond == "suggested":
+            key = f"boxes_uncertainty_b{budget:g}"
+            rois = cells.get(key, lambda: {"rois": boxes(budget, "uncertainty", 0)})["rois"]
+            name = f"suggested_b{budget:g}_s{seed}"
+            cells.get(name, lambda: suggested_run(name, rois, seed))
+            return
+        rnd = cells.get(f"boxes_random_b{budget:g}_s{seed}", lambda: {"rois": boxes(budget, "random", seed)})["rois"]
+        name = f"{cond}_b{budget:g}_s{seed}"
+        cells.get(name, lambda: run(name, rnd, seed, scratch=cond == "scratch"))
+
+    for cond in args.conditions:
+        for budget in args.budgets:
+            for seed in args.seeds:
+                cell(cond, budget, seed)
 
     report(out, cells.rows, args)
     return 0

@@ -1,4 +1,4 @@
-"""Geometric and intensity augmentation of training blocks (numpy / scipy only).
+"""Geometric and intensity augmentation of training blocks (numpy, scipy, and numba for the warp).
 
 A training sample is read from the volume as an *upstream* block that is larger
 than the network input (see :func:`upstream_shape`), so that rotation and
@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import ndimage as ndi
 
+from organet.train.warp import warp_coordinates, warp_sample
 from organet.volumes.geometry import Shape3, same_voxel_size
 
 __all__ = [
@@ -40,9 +41,6 @@ __all__ = [
     "transpose_axes_from_voxel_size",
     "upstream_shape",
 ]
-
-# Sampling chunk of the coordinate map (points); bounds temporary memory.
-_CHUNK_POINTS = 1 << 21
 
 
 class AugmentConfig(BaseModel):
@@ -290,28 +288,6 @@ def sample_params(
 # --------------------------------------------------------------------------- coordinate map
 
 
-def _axis_weights(n_sub: int, n_full: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Corner-aligned linear interpolation from ``n_sub`` samples to full-grid indices ``idx``."""
-    if n_sub == 1 or n_full == 1:
-        z = np.zeros(idx.shape, dtype=np.intp)
-        return z, z, np.zeros(idx.shape, dtype=np.float32)
-    t = idx.astype(np.float64) * ((n_sub - 1) / (n_full - 1))
-    i0 = np.minimum(np.floor(t).astype(np.intp), n_sub - 2)
-    return i0, i0 + 1, (t - i0).astype(np.float32)
-
-
-def _interp_axis(a: np.ndarray, axis: int, w: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    i0, i1, t = w
-    a0 = np.take(a, i0, axis=axis)
-    d = np.take(a, i1, axis=axis)
-    d -= a0
-    shape = [1] * a.ndim
-    shape[axis] = -1
-    d *= t.reshape(shape)
-    d += a0
-    return d
-
-
 @dataclass(eq=False)
 class _Warp:
     """Coordinate map of the ``in_shape`` grid into an upstream block (voxels, z, y, x)."""
@@ -349,46 +325,14 @@ class _Warp:
     def is_identity(self) -> bool:
         return self.disp_sub is None and self.cos == 1.0 and self.sin == 0.0
 
-    def displacement_xy(self, ys: slice, xs: slice) -> np.ndarray | None:
-        """Displacement upsampled in y and x only: (3, sz, ny, nx)."""
-        if self.disp_sub is None:
-            return None
-        d = self.disp_sub
-        wy = _axis_weights(d.shape[2], self.in_shape[1], np.arange(ys.start, ys.stop))
-        wx = _axis_weights(d.shape[3], self.in_shape[2], np.arange(xs.start, xs.stop))
-        return _interp_axis(_interp_axis(d, 3, wx), 2, wy)
-
-    def coords(self, zs: slice, ys: slice, xs: slice, disp_xy: np.ndarray | None) -> np.ndarray:
-        """Upstream coordinates (3, nz, ny, nx) float32 of the input-grid box ``zs, ys, xs``."""
-        half = (np.array(self.in_shape, dtype=np.float64) - 1.0) / 2.0
-        pz = np.arange(zs.start, zs.stop, dtype=np.float64) - half[0]
-        py = (np.arange(ys.start, ys.stop, dtype=np.float64) - half[1])[:, None]
-        px = (np.arange(xs.start, xs.stop, dtype=np.float64) - half[2])[None, :]
-        shape = (3, len(pz), py.shape[0], px.shape[1])
-        if disp_xy is not None:
-            wz = _axis_weights(disp_xy.shape[1], self.in_shape[0], np.arange(zs.start, zs.stop))
-            out = _interp_axis(disp_xy, 1, wz)
-        else:
-            out = np.zeros(shape, dtype=np.float32)
-        out[0] += (pz + self.centre[0]).astype(np.float32)[:, None, None]
-        out[1] += (self.cos * py + self.sin * px + self.centre[1]).astype(np.float32)[None]
-        out[2] += (-self.sin * py + self.cos * px + self.centre[2]).astype(np.float32)[None]
-        return out
+    def coords(self, box: tuple[slice, slice, slice]) -> np.ndarray:
+        """Upstream coordinates (3, nz, ny, nx), float64 voxels, of the input-grid ``box``."""
+        return warp_coordinates(box, self.in_shape, self.centre, self.cos, self.sin, self.disp_sub)
 
     def sample(self, array: np.ndarray, box: tuple[slice, slice, slice], order: int, dtype: type) -> np.ndarray:
-        """Sample ``array`` (the upstream block) at the box's coordinates, in z chunks."""
-        zs, ys, xs = box
-        ny, nx = ys.stop - ys.start, xs.stop - xs.start
-        out = np.empty((zs.stop - zs.start, ny, nx), dtype=dtype)
-        disp_xy = self.displacement_xy(ys, xs)
-        step = max(1, _CHUNK_POINTS // (ny * nx))
-        for z0 in range(zs.start, zs.stop, step):
-            z1 = min(z0 + step, zs.stop)
-            c = self.coords(slice(z0, z1), ys, xs, disp_xy)
-            ndi.map_coordinates(
-                array, c, output=out[z0 - zs.start : z1 - zs.start], order=order, mode="reflect", prefilter=False
-            )
-        return out
+        """Sample ``array`` (the upstream block) at the coordinates of ``box``: linear
+        (``order=1``) or nearest (``order=0``), scipy's ``reflect`` beyond its border."""
+        return warp_sample(array, box, self.in_shape, self.centre, self.cos, self.sin, self.disp_sub, order, dtype)
 
 
 def _full_box(shape: Shape3) -> tuple[slice, slice, slice]:
@@ -411,9 +355,7 @@ def coordinate_map(
     """
     in_shape = _shape3(in_shape, "in_shape")
     up_shape = _shape3(up_shape, "up_shape")
-    warp = _Warp.build(in_shape, up_shape, params, cfg)
-    box = _full_box(in_shape)
-    return warp.coords(*box, warp.displacement_xy(box[1], box[2]))
+    return _Warp.build(in_shape, up_shape, params, cfg).coords(_full_box(in_shape)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- main entry points

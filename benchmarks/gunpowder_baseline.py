@@ -151,7 +151,7 @@ def _organet_augment(a: dict[str, Any]) -> dict[str, Any]:
     raw = vols["raw"]
     rd = RoiData("train", raw.read(), vols["labels"].read(), vols["mask"].read(), raw.dtype, raw.voxel_size, raw.roi)
     cfg, norm = AugmentConfig(), Normalization()
-    axes = transpose_axes_from_voxel_size(raw.voxel_size, rtol=1e-3)
+    axes = transpose_axes_from_voxel_size(raw.voxel_size)
     in_shape, out_shape = tuple(a["tile_in"]), tuple(a["tile_out"])
     sampler = BlockSampler(
         [rd],

@@ -81,3 +81,41 @@ def test_bad_order_and_displacement():
         warp_sample(raw, _box(in_shape), in_shape, centre, cos, sin, disp, 3, np.float32)
     with pytest.raises(ValueError, match=r"shape \(3, sz, sy, sx\)"):
         warp_sample(raw, _box(in_shape), in_shape, centre, cos, sin, disp[:2], 1, np.float32)
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_mirror_and_transpose_in_the_same_pass(order):
+    in_shape, up, centre, cos, sin, disp = _case(6, in_shape=(26, 26, 26))
+    a = np.random.default_rng(6).uniform(size=up).astype(np.float32)
+    if order == 0:
+        a = (a > 0.5).astype(np.uint8)
+    box = (slice(3, 21), slice(3, 21), slice(3, 21))
+    plain = warp_sample(a, box, in_shape, centre, cos, sin, disp, order, a.dtype)
+    for mirror in [(True, False, False), (False, True, True), (True, True, True)]:
+        for perm in [(0, 1, 2), (0, 2, 1), (2, 0, 1), (1, 2, 0)]:
+            got = warp_sample(a, box, in_shape, centre, cos, sin, disp, order, a.dtype, mirror, perm)
+            flips = tuple(x for x in range(3) if mirror[x])
+            np.testing.assert_array_equal(got, np.transpose(np.flip(plain, flips), perm))
+            assert got.flags.c_contiguous
+    # a box that is not a cube: the output takes the permuted shape
+    box = (slice(0, 5), slice(2, 9), slice(1, 12))
+    plain = warp_sample(a, box, in_shape, centre, cos, sin, disp, order, a.dtype)
+    got = warp_sample(a, box, in_shape, centre, cos, sin, disp, order, a.dtype, (False, True, False), (2, 0, 1))
+    np.testing.assert_array_equal(got, np.transpose(np.flip(plain, 1), (2, 0, 1)))
+
+
+def test_control_point_spline_equals_scipy_zoom():
+    """The elastic field's cubic spline through the control points, done with one matrix
+    per axis, equals ``ndi.zoom`` (order 3, mode nearest) of the 3-D control grid."""
+    from organet.train.augment import AugmentConfig, AugmentParams, _n_points, _Warp
+
+    cfg = AugmentConfig(jitter_sigma=3.0)
+    in_shape = (44, 60, 52)
+    jit = np.random.default_rng(7).normal(0, 3.0, (3, 3, 4, 5))
+    w = _Warp.build(in_shape, (60, 80, 72), AugmentParams(jitter=jit), cfg)
+    n_sub = tuple(_n_points(n, cfg.elastic_subsample) for n in in_shape)
+    zoom = tuple(s / c for s, c in zip(n_sub, jit.shape[1:]))
+    want = np.stack([ndi.zoom(jit[d], zoom, order=3, mode="nearest") for d in range(3)])
+    want = np.clip(want, -12, 12).astype(np.float32)
+    assert w.disp_sub is not None and w.disp_sub.shape == want.shape
+    np.testing.assert_allclose(w.disp_sub, want, atol=1e-5)

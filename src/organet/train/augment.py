@@ -19,6 +19,7 @@ are in voxels; angles in radians. All randomness comes from a passed
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -288,6 +289,15 @@ def sample_params(
 # --------------------------------------------------------------------------- coordinate map
 
 
+@functools.lru_cache(maxsize=64)
+def _zoom_matrix(n_control: int, n_sub: int) -> np.ndarray:
+    """(n_sub, n_control): ``ndi.zoom`` (order 3, mode nearest) of n_control samples to n_sub,
+    as a matrix (its columns are the zoomed unit vectors)."""
+    w = ndi.zoom(np.eye(n_control), (n_sub / n_control, 1), order=3, mode="nearest")
+    w.flags.writeable = False
+    return w
+
+
 @dataclass(eq=False)
 class _Warp:
     """Coordinate map of the ``in_shape`` grid into an upstream block (voxels, z, y, x)."""
@@ -312,10 +322,10 @@ class _Warp:
             if jit.ndim != 4 or jit.shape[0] != 3:
                 raise ValueError(f"jitter must have shape (3, cz, cy, cx), got {jit.shape}")
             n_sub = tuple(_n_points(n, cfg.elastic_subsample) for n in in_shape)
-            zoom = tuple(ns / nc for ns, nc in zip(n_sub, jit.shape[1:]))
-            # cubic spline through the control points, sampled on the coarse grid
-            disp_sub = np.stack([ndi.zoom(jit[d], zoom, order=3, mode="nearest") for d in range(3)])
-            disp_sub = disp_sub.astype(np.float32)
+            # cubic spline through the control points, sampled on the coarse grid: ndi.zoom
+            # (order 3, mode nearest) is separable, so one matrix per axis does it
+            w = [_zoom_matrix(nc, ns) for nc, ns in zip(jit.shape[1:], n_sub)]
+            disp_sub = np.einsum("ai,bj,ck,dijk->dabc", *w, jit, optimize=True).astype(np.float32)
             assert disp_sub.shape[1:] == n_sub, (disp_sub.shape, n_sub)
             margin = float(math.ceil(4.0 * cfg.jitter_sigma))
             np.clip(disp_sub, -margin, margin, out=disp_sub)
@@ -329,10 +339,16 @@ class _Warp:
         """Upstream coordinates (3, nz, ny, nx), float64 voxels, of the input-grid ``box``."""
         return warp_coordinates(box, self.in_shape, self.centre, self.cos, self.sin, self.disp_sub)
 
-    def sample(self, array: np.ndarray, box: tuple[slice, slice, slice], order: int, dtype: type) -> np.ndarray:
+    def sample(
+        self, array: np.ndarray, box: tuple[slice, slice, slice], order: int, dtype: type, params: AugmentParams
+    ) -> np.ndarray:
         """Sample ``array`` (the upstream block) at the coordinates of ``box``: linear
-        (``order=1``) or nearest (``order=0``), scipy's ``reflect`` beyond its border."""
-        return warp_sample(array, box, self.in_shape, self.centre, self.cos, self.sin, self.disp_sub, order, dtype)
+        (``order=1``) or nearest (``order=0``), scipy's ``reflect`` beyond its border;
+        then mirrored and transposed as ``params`` says."""
+        return warp_sample(
+            array, box, self.in_shape, self.centre, self.cos, self.sin, self.disp_sub, order, dtype,
+            params.mirror, params.permutation,
+        )  # fmt: skip
 
 
 def _full_box(shape: Shape3) -> tuple[slice, slice, slice]:
@@ -421,18 +437,17 @@ def apply_params(
         raw_in = np.array(center_crop(raw, in_shape), dtype=np.float32, copy=True)
         lab_out = np.array(center_crop(labels8, out_shape), dtype=np.uint8, copy=True)
         mask_out = np.array(center_crop(mask8, out_shape), dtype=np.uint8, copy=True)
+        flips = tuple(a for a in range(3) if params.mirror[a])
+        perm = tuple(params.permutation)
+        if flips or perm != (0, 1, 2):
+            raw_in, lab_out, mask_out = (
+                np.ascontiguousarray(np.transpose(np.flip(a, flips), perm)) for a in (raw_in, lab_out, mask_out)
+            )
     else:
-        raw_in = warp.sample(raw, _full_box(in_shape), order=1, dtype=np.float32)
+        raw_in = warp.sample(raw, _full_box(in_shape), 1, np.float32, params)
         box = _centred_box(in_shape, out_shape)
-        lab_out = warp.sample(labels8, box, order=0, dtype=np.uint8)
-        mask_out = warp.sample(mask8, box, order=0, dtype=np.uint8)
-
-    flips = tuple(a for a in range(3) if params.mirror[a])
-    perm = tuple(params.permutation)
-    if flips or perm != (0, 1, 2):
-        raw_in, lab_out, mask_out = (
-            np.ascontiguousarray(np.transpose(np.flip(a, flips), perm)) for a in (raw_in, lab_out, mask_out)
-        )
+        lab_out = warp.sample(labels8, box, 0, np.uint8, params)
+        mask_out = warp.sample(mask8, box, 0, np.uint8, params)
 
     if params.scale != 1.0 or params.shift != 0.0:
         # gunpowder IntensityAugment on [0, 1] data: mean + (a - mean) * scale + shift;

@@ -26,6 +26,8 @@ __all__ = ["warp_coordinates", "warp_sample"]
 
 _NO_ARRAY = np.zeros((1, 1, 1), np.float32)
 _NO_COORDS = np.zeros((3, 1, 1, 1), np.float64)
+_NO_FLIP = np.zeros(3, np.bool_)
+_NO_PERM = np.arange(3, dtype=np.int64)
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -54,19 +56,24 @@ def _warp(
     coords: np.ndarray,
     mode: int,
     origin: np.ndarray,
+    box_shape: np.ndarray,
     in_shape: np.ndarray,
     centre: np.ndarray,
     cos: float,
     sin: float,
     disp: np.ndarray,
+    flip: np.ndarray,
+    perm: np.ndarray,
 ) -> None:
     """Mode 1: ``out`` = ``array`` sampled linearly; 0: nearest; 2: ``coords`` = the map.
 
     Row by row: the displacement is first interpolated in z and y onto the coarse x
-    nodes of the row, then in x per point.
+    nodes of the row, then in x per point. A sample at box index ``s`` (after flipping
+    the axes where ``flip``) lands at ``out[s[perm[0]], s[perm[1]], s[perm[2]]]``.
     """
     nz, ny, nx = array.shape
-    oz, oy, ox = coords.shape[1:] if mode == 2 else out.shape
+    oz, oy, ox = box_shape[0], box_shape[1], box_shape[2]
+    src = np.empty(3, np.int64)
     sx = disp.shape[3]
     wx_i = np.empty(ox, np.int64)
     wx_t = np.empty(ox, np.float64)
@@ -75,10 +82,12 @@ def _warp(
     row = np.empty((3, sx), np.float64)
     hz, hy, hx = (in_shape[0] - 1.0) / 2.0, (in_shape[1] - 1.0) / 2.0, (in_shape[2] - 1.0) / 2.0
     for k in range(oz):
+        src[0] = oz - 1 - k if flip[0] else k
         iz, tz = _weight(origin[0] + k, disp.shape[1], in_shape[0])
         jz = min(iz + 1, disp.shape[1] - 1)
         pz = origin[0] + k - hz + centre[0]
         for j in range(oy):
+            src[1] = oy - 1 - j if flip[1] else j
             iy, ty = _weight(origin[1] + j, disp.shape[2], in_shape[1])
             jy = min(iy + 1, disp.shape[2] - 1)
             for c in range(3):
@@ -90,6 +99,7 @@ def _warp(
             ry = cos * py + centre[1]
             rx = -sin * py + centre[2]
             for i in range(ox):
+                src[2] = ox - 1 - i if flip[2] else i
                 a, t = wx_i[i], wx_t[i]
                 b = min(a + 1, sx - 1)
                 px = origin[2] + i - hx
@@ -104,7 +114,7 @@ def _warp(
                     z = _reflect(int(math.floor(cz + 0.5)), nz)
                     y = _reflect(int(math.floor(cy + 0.5)), ny)
                     x = _reflect(int(math.floor(cx + 0.5)), nx)
-                    out[k, j, i] = array[z, y, x]
+                    out[src[perm[0]], src[perm[1]], src[perm[2]]] = array[z, y, x]
                 else:
                     fz, fy, fx = math.floor(cz), math.floor(cy), math.floor(cx)
                     tz_, ty_, tx_ = cz - fz, cy - fy, cx - fx
@@ -120,7 +130,7 @@ def _warp(
                     hi = (array[z1, y0, x0] * (1 - tx_) + array[z1, y0, x1] * tx_) * (1 - ty_) + (
                         array[z1, y1, x0] * (1 - tx_) + array[z1, y1, x1] * tx_
                     ) * ty_
-                    out[k, j, i] = lo * (1 - tz_) + hi * tz_
+                    out[src[perm[0]], src[perm[1]], src[perm[2]]] = lo * (1 - tz_) + hi * tz_
 
 
 def _args(
@@ -128,14 +138,15 @@ def _args(
     in_shape: Sequence[int],
     centre: Sequence[float] | np.ndarray,
     disp: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     origin = np.array([s.start for s in box], np.int64)
+    box_shape = np.array([s.stop - s.start for s in box], np.int64)
     shape = np.array(in_shape, np.int64)
     c = np.asarray(centre, np.float64)
     d = np.zeros((3, 1, 1, 1), np.float32) if disp is None else np.ascontiguousarray(disp, np.float32)
     if d.ndim != 4 or d.shape[0] != 3:
         raise ValueError(f"displacement must have shape (3, sz, sy, sx), got {d.shape}")
-    return origin, shape, c, d
+    return origin, box_shape, shape, c, d
 
 
 def warp_sample(
@@ -148,6 +159,8 @@ def warp_sample(
     disp: np.ndarray | None,
     order: int,
     dtype: type,
+    mirror: Sequence[bool] = (False, False, False),
+    permutation: Sequence[int] = (0, 1, 2),
 ) -> np.ndarray:
     """Sample ``array`` (the upstream block, (z, y, x)) at the warped coordinates of
     ``box`` (slices of the ``in_shape`` input grid).
@@ -171,13 +184,25 @@ def warp_sample(
         1: linear; 0: nearest neighbour (ties round up, as scipy).
     dtype
         Output dtype.
+    mirror, permutation
+        Then flip the sampled box along these axes and transpose it, as
+        ``np.transpose(np.flip(a, mirrored axes), permutation)``, in the same pass.
+
+    Returns
+    -------
+    numpy.ndarray
+        C-contiguous, of ``dtype``, shape the box's shape permuted.
     """
-    origin, shape, c, d = _args(box, in_shape, centre, disp)
+    origin, box_shape, shape, c, d = _args(box, in_shape, centre, disp)
     if order not in (0, 1):
         raise ValueError(f"order must be 0 or 1, got {order}")
-    out = np.empty(tuple(s.stop - s.start for s in box), dtype=dtype)
+    if sorted(permutation) != [0, 1, 2] or len(mirror) != 3:
+        raise ValueError(f"expected 3 mirror flags and a permutation of (0, 1, 2), got {mirror}, {permutation}")
+    perm = np.array(permutation, np.int64)
+    out: np.ndarray = np.empty(tuple(int(box_shape[a]) for a in perm), dtype=dtype)
     src = np.ascontiguousarray(array, np.float32 if order == 1 else None)
-    _warp(src, out, _NO_COORDS, order, origin, shape, c, float(cos), float(sin), d)
+    flip = np.array(mirror, np.bool_)
+    _warp(src, out, _NO_COORDS, order, origin, box_shape, shape, c, float(cos), float(sin), d, flip, perm)
     return out
 
 
@@ -191,7 +216,7 @@ def warp_coordinates(
 ) -> np.ndarray:
     """The upstream coordinates (3, nz, ny, nx), float64 voxels, that :func:`warp_sample`
     samples for ``box``; arguments as there."""
-    origin, shape, c, d = _args(box, in_shape, centre, disp)
-    out = np.empty((3, *(s.stop - s.start for s in box)), np.float64)
-    _warp(_NO_ARRAY, _NO_ARRAY, out, 2, origin, shape, c, float(cos), float(sin), d)
+    origin, box_shape, shape, c, d = _args(box, in_shape, centre, disp)
+    out = np.empty((3, *box_shape), np.float64)
+    _warp(_NO_ARRAY, _NO_ARRAY, out, 2, origin, box_shape, shape, c, float(cos), float(sin), d, _NO_FLIP, _NO_PERM)
     return out

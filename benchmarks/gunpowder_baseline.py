@@ -159,15 +159,28 @@ def _organet_augment(a: dict[str, Any]) -> dict[str, Any]:
         upstream_shape(in_shape, cfg),
         SamplingConfig(reject_probability=0.0, mask_reject_probability=0.0),
     )
+
+    def batch(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        s = sampler.draw(rng)
+        return augment(norm.apply(s.raw, rd.raw_dtype), s.labels, s.mask, in_shape, out_shape, cfg, rng, axes)
+
     rng = np.random.default_rng(0)
     times = []
     for i in range(a["repeats"] + 1):
         t = time.perf_counter()
-        s = sampler.draw(rng)
-        x, y, m = augment(norm.apply(s.raw, rd.raw_dtype), s.labels, s.mask, in_shape, out_shape, cfg, rng, axes)
+        x, y, m = batch(rng)
         if i:  # the first batch is warm-up
             times.append(time.perf_counter() - t)
+    # throughput of the training loop's data workers: `threads` threads making batches at once
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = a["repeats"] * a["threads"]
+    t = time.perf_counter()
+    with ThreadPoolExecutor(a["threads"]) as pool:
+        list(pool.map(lambda i: batch(np.random.default_rng([1, i])), range(n)))
+    parallel = (time.perf_counter() - t) / n
     return {
+        "parallel_seconds": parallel,
         "seconds": float(np.mean(times)),
         "all_seconds": times,
         "peak_mib": _peak_rss_mib(),
@@ -320,6 +333,16 @@ def main() -> None:
             assert g is None or o["shapes"] == g["shapes"], (o["shapes"], g["shapes"])
             what = f"augment {tile[0]}^3 batch (mean of {args.repeats})"
             aug_rows.append(("organet", what, o["seconds"], f"{1 / o['seconds']:.3f} batch/s", *_ratios(o, g)))
+            par = {**o, "seconds": o["parallel_seconds"]}
+            aug_rows.append(
+                (
+                    "organet",
+                    f"the same, {args.threads} data-worker threads at once (seconds per batch)",
+                    par["seconds"],
+                    f"{1 / par['seconds']:.3f} batch/s",
+                    *_ratios(par, g),
+                )
+            )
             if g is not None:
                 aug_rows.append(
                     ("gunpowder", what, g["seconds"], f"{1 / g['seconds']:.3f} batch/s", g["peak_mib"], "1", "1")

@@ -56,11 +56,13 @@ def test_batches_depend_on_seed_and_iteration_alone(data, tmp_path):
 def test_prefetching_trains_the_same_weights_and_reports_the_wait(data, tmp_path):
     inline = train(_cfg(data, tmp_path / "inline", data_workers=0), log=lambda s: None)
     ahead = train(_cfg(data, tmp_path / "ahead", data_workers=1), log=lambda s: None)
+    three = train(_cfg(data, tmp_path / "three", data_workers=3), log=lambda s: None)
     wa = load_checkpoint(inline.last_checkpoint).state_dict
-    wb = load_checkpoint(ahead.last_checkpoint).state_dict
-    for k in wa:
-        np.testing.assert_array_equal(wa[k].numpy(), wb[k].numpy(), err_msg=k)
-    for res in (inline, ahead):
+    for other in (ahead, three):
+        wb = load_checkpoint(other.last_checkpoint).state_dict
+        for k in wa:
+            np.testing.assert_array_equal(wa[k].numpy(), wb[k].numpy(), err_msg=k)
+    for res in (inline, ahead, three):
         assert res.compute_s > 0 and res.data_wait_s >= 0
         assert 0 <= res.data_wait_fraction <= 1
     rows = [r for r in (tmp_path / "ahead" / "metrics.jsonl").read_text().splitlines() if '"train"' in r]
@@ -103,12 +105,26 @@ def test_prefetcher_runs_ahead_in_order_and_passes_errors_on():
     p.close()
 
 
-def test_unknown_precision_and_too_many_data_workers_are_config_errors(data, tmp_path):
+def test_unknown_precision_and_negative_data_workers_are_config_errors(data, tmp_path):
     raw = _cfg(data, tmp_path / "x").model_dump()
     raw["training"]["precision"] = "fp8"
     with pytest.raises(ConfigError, match="precision"):
         parse_config(raw)
     raw["training"]["precision"] = "fp32"
-    raw["training"]["data_workers"] = 4
+    raw["training"]["data_workers"] = -1
     with pytest.raises(ConfigError, match="data_workers"):
         parse_config(raw)
+
+
+def test_several_workers_make_batches_at_once_and_in_order():
+    """With 3 workers, batches 1-3 are made concurrently; get() still returns them in order."""
+    barrier = threading.Barrier(3, timeout=10)
+
+    def make(i: int) -> int:
+        if i <= 3:
+            barrier.wait()  # times out (BrokenBarrierError) unless three run at once
+        return i * 10
+
+    p = BatchPrefetcher(make, first=1, workers=3)
+    assert [p.get(i) for i in range(1, 7)] == [10, 20, 30, 40, 50, 60]
+    p.close()

@@ -170,8 +170,11 @@ class TrainingConfig(_Strict):
     data_workers: int = Field(
         default=1,
         ge=0,
-        le=1,
-        description="background threads that sample and augment the next batches while a step computes (0: inline)",
+        le=64,
+        description=(
+            "background threads that sample and augment the next batches while a step computes (0: inline); "
+            "the warp releases the GIL, so on a GPU give it the spare CPU cores"
+        ),
     )
 
     @field_validator("device")

@@ -72,22 +72,25 @@ class TrainResult:
 
 
 class BatchPrefetcher:
-    """Makes the batches of iterations ``first``, ``first + 1``, ... in one background thread,
-    ``depth`` ahead of the step that needs them (sampling and augmentation are numpy/scipy
-    work that releases the GIL while torch computes).
+    """Makes the batches of iterations ``first``, ``first + 1``, ... in ``workers`` background
+    threads, ``depth`` ahead of the step that needs them (default: one more than the
+    workers). Sampling and augmentation are numpy, scipy and numba work that releases the
+    GIL, so the threads run beside torch and beside each other.
 
-    ``make(iteration)`` must depend on the iteration alone; :meth:`get` must be called with
-    consecutive iterations. An error in ``make`` is raised by the :meth:`get` of its iteration.
+    ``make(iteration)`` must depend on the iteration alone (then any number of workers gives
+    the same batches); :meth:`get` must be called with consecutive iterations. An error in
+    ``make`` is raised by the :meth:`get` of its iteration.
     """
 
-    def __init__(self, make: Callable[[int], Any], first: int, depth: int = 2) -> None:
+    def __init__(self, make: Callable[[int], Any], first: int, depth: int | None = None, workers: int = 1) -> None:
         from concurrent.futures import Future, ThreadPoolExecutor
 
+        workers = max(1, int(workers))
         self._make = make
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="organet-batches")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="organet-batches")
         self._futures: dict[int, Future[Any]] = {}
         self._next = first
-        self._depth = max(1, int(depth))
+        self._depth = max(1, int(depth if depth is not None else workers + 1))
         self._fill(first)
 
     def _fill(self, iteration: int) -> None:
@@ -457,7 +460,7 @@ class Trainer:
         budget_s = tc.max_minutes * 60 if tc.max_minutes else None
         bar = _TrainProgress(progress, tc.iterations, budget_s, self.iteration)
         if tc.data_workers > 0:
-            self._prefetch = BatchPrefetcher(self.batch_arrays, self.iteration)
+            self._prefetch = BatchPrefetcher(self.batch_arrays, self.iteration, workers=tc.data_workers)
         try:
             self._loop(tb, budget_s, bar)
         finally:

@@ -160,17 +160,23 @@ def _organet_augment(a: dict[str, Any]) -> dict[str, Any]:
         SamplingConfig(reject_probability=0.0, mask_reject_probability=0.0),
     )
 
-    def batch(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    def batch(rng: np.random.Generator, threads: int = 1) -> tuple[np.ndarray, ...]:
         s = sampler.draw(rng)
-        return augment(norm.apply(s.raw, rd.raw_dtype), s.labels, s.mask, in_shape, out_shape, cfg, rng, axes)
+        raw = norm.apply(s.raw, rd.raw_dtype)
+        return augment(raw, s.labels, s.mask, in_shape, out_shape, cfg, rng, axes, threads=threads)
 
-    rng = np.random.default_rng(0)
-    times = []
-    for i in range(a["repeats"] + 1):
-        t = time.perf_counter()
-        x, y, m = batch(rng)
-        if i:  # the first batch is warm-up
-            times.append(time.perf_counter() - t)
+    def timed(threads: int) -> list[float]:
+        rng = np.random.default_rng(0)
+        times = []
+        for i in range(a["repeats"] + 1):
+            t = time.perf_counter()
+            batch(rng, threads)
+            if i:  # the first batch is warm-up
+                times.append(time.perf_counter() - t)
+        return times
+
+    times = timed(1)
+    split = timed(a["threads"])
     # throughput of the training loop's data workers: `threads` threads making batches at once
     from concurrent.futures import ThreadPoolExecutor
 
@@ -179,8 +185,10 @@ def _organet_augment(a: dict[str, Any]) -> dict[str, Any]:
     with ThreadPoolExecutor(a["threads"]) as pool:
         list(pool.map(lambda i: batch(np.random.default_rng([1, i])), range(n)))
     parallel = (time.perf_counter() - t) / n
+    x, y, m = batch(np.random.default_rng(0))
     return {
         "parallel_seconds": parallel,
+        "split_seconds": float(np.mean(split)),
         "seconds": float(np.mean(times)),
         "all_seconds": times,
         "peak_mib": _peak_rss_mib(),
@@ -333,6 +341,16 @@ def main() -> None:
             assert g is None or o["shapes"] == g["shapes"], (o["shapes"], g["shapes"])
             what = f"augment {tile[0]}^3 batch (mean of {args.repeats})"
             aug_rows.append(("organet", what, o["seconds"], f"{1 / o['seconds']:.3f} batch/s", *_ratios(o, g)))
+            split = {**o, "seconds": o["split_seconds"]}
+            aug_rows.append(
+                (
+                    "organet",
+                    f"the same, one batch's warp split over {args.threads} threads",
+                    split["seconds"],
+                    f"{1 / split['seconds']:.3f} batch/s",
+                    *_ratios(split, g),
+                )
+            )
             par = {**o, "seconds": o["parallel_seconds"]}
             aug_rows.append(
                 (

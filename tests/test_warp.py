@@ -119,3 +119,14 @@ def test_control_point_spline_equals_scipy_zoom():
     want = np.clip(want, -12, 12).astype(np.float32)
     assert w.disp_sub is not None and w.disp_sub.shape == want.shape
     np.testing.assert_allclose(w.disp_sub, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 50])
+def test_threads_split_the_box_without_changing_the_result(threads):
+    in_shape, up, centre, cos, sin, disp = _case(8, in_shape=(26, 26, 26))
+    a = np.random.default_rng(8).uniform(size=up).astype(np.float32)
+    box = (slice(2, 24), slice(0, 26), slice(5, 20))
+    for mirror, perm in [((False, False, False), (0, 1, 2)), ((True, False, True), (2, 0, 1))]:
+        one = warp_sample(a, box, in_shape, centre, cos, sin, disp, 1, np.float32, mirror, perm)
+        many = warp_sample(a, box, in_shape, centre, cos, sin, disp, 1, np.float32, mirror, perm, threads=threads)
+        np.testing.assert_array_equal(many, one)

@@ -340,14 +340,20 @@ class _Warp:
         return warp_coordinates(box, self.in_shape, self.centre, self.cos, self.sin, self.disp_sub)
 
     def sample(
-        self, array: np.ndarray, box: tuple[slice, slice, slice], order: int, dtype: type, params: AugmentParams
+        self,
+        array: np.ndarray,
+        box: tuple[slice, slice, slice],
+        order: int,
+        dtype: type,
+        params: AugmentParams,
+        threads: int = 1,
     ) -> np.ndarray:
         """Sample ``array`` (the upstream block) at the coordinates of ``box``: linear
         (``order=1``) or nearest (``order=0``), scipy's ``reflect`` beyond its border;
         then mirrored and transposed as ``params`` says."""
         return warp_sample(
             array, box, self.in_shape, self.centre, self.cos, self.sin, self.disp_sub, order, dtype,
-            params.mirror, params.permutation,
+            params.mirror, params.permutation, threads,
         )  # fmt: skip
 
 
@@ -404,8 +410,9 @@ def apply_params(
     out_shape: Sequence[int],
     params: AugmentParams,
     cfg: AugmentConfig,
+    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Apply a fixed parameter draw; see :func:`augment` for arrays and return values.
+    """Apply a fixed parameter draw; see :func:`augment` for arrays, ``threads`` and return values.
 
     ``cfg`` supplies ``elastic_subsample``, the displacement clip
     (ceil(4 * jitter_sigma)) and ``intensity_clip``.
@@ -444,10 +451,10 @@ def apply_params(
                 np.ascontiguousarray(np.transpose(np.flip(a, flips), perm)) for a in (raw_in, lab_out, mask_out)
             )
     else:
-        raw_in = warp.sample(raw, _full_box(in_shape), 1, np.float32, params)
+        raw_in = warp.sample(raw, _full_box(in_shape), 1, np.float32, params, threads)
         box = _centred_box(in_shape, out_shape)
-        lab_out = warp.sample(labels8, box, 0, np.uint8, params)
-        mask_out = warp.sample(mask8, box, 0, np.uint8, params)
+        lab_out = warp.sample(labels8, box, 0, np.uint8, params, threads)
+        mask_out = warp.sample(mask8, box, 0, np.uint8, params, threads)
 
     if params.scale != 1.0 or params.shift != 0.0:
         # gunpowder IntensityAugment on [0, 1] data: mean + (a - mean) * scale + shift;
@@ -473,6 +480,7 @@ def augment(
     cfg: AugmentConfig,
     rng: np.random.Generator,
     transpose_axes: Sequence[int] | None = None,
+    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Randomly augment one upstream block; return network input and target.
 
@@ -488,6 +496,8 @@ def augment(
         rng: source of all randomness.
         transpose_axes: axes with equal voxel size that may be permuted (None:
             all three), e.g. from :func:`transpose_axes_from_voxel_size`.
+        threads: threads that sample the warp at once (the result does not
+            depend on it; training's data workers parallelise across batches instead).
 
     Returns:
         ``raw_in`` float32 of ``in_shape``; ``labels_out`` and ``mask_out``
@@ -501,4 +511,4 @@ def augment(
         ValueError: on inconsistent shapes or non-binary labels / mask.
     """
     params = sample_params(in_shape, out_shape, cfg, rng, transpose_axes)
-    return apply_params(raw, labels, mask, in_shape, out_shape, params, cfg)
+    return apply_params(raw, labels, mask, in_shape, out_shape, params, cfg, threads)

@@ -64,12 +64,15 @@ def _warp(
     disp: np.ndarray,
     flip: np.ndarray,
     perm: np.ndarray,
+    k0: int,
+    k1: int,
 ) -> None:
     """Mode 1: ``out`` = ``array`` sampled linearly; 0: nearest; 2: ``coords`` = the map.
 
     Row by row: the displacement is first interpolated in z and y onto the coarse x
     nodes of the row, then in x per point. A sample at box index ``s`` (after flipping
-    the axes where ``flip``) lands at ``out[s[perm[0]], s[perm[1]], s[perm[2]]]``.
+    the axes where ``flip``) lands at ``out[s[perm[0]], s[perm[1]], s[perm[2]]]``. Only the
+    box's planes ``k0 <= k < k1`` are done (threads share a box this way).
     """
     nz, ny, nx = array.shape
     oz, oy, ox = box_shape[0], box_shape[1], box_shape[2]
@@ -81,7 +84,7 @@ def _warp(
         wx_i[i], wx_t[i] = _weight(origin[2] + i, sx, in_shape[2])
     row = np.empty((3, sx), np.float64)
     hz, hy, hx = (in_shape[0] - 1.0) / 2.0, (in_shape[1] - 1.0) / 2.0, (in_shape[2] - 1.0) / 2.0
-    for k in range(oz):
+    for k in range(k0, k1):
         src[0] = oz - 1 - k if flip[0] else k
         iz, tz = _weight(origin[0] + k, disp.shape[1], in_shape[0])
         jz = min(iz + 1, disp.shape[1] - 1)
@@ -161,6 +164,7 @@ def warp_sample(
     dtype: type,
     mirror: Sequence[bool] = (False, False, False),
     permutation: Sequence[int] = (0, 1, 2),
+    threads: int = 1,
 ) -> np.ndarray:
     """Sample ``array`` (the upstream block, (z, y, x)) at the warped coordinates of
     ``box`` (slices of the ``in_shape`` input grid).
@@ -187,6 +191,9 @@ def warp_sample(
     mirror, permutation
         Then flip the sampled box along these axes and transpose it, as
         ``np.transpose(np.flip(a, mirrored axes), permutation)``, in the same pass.
+    threads
+        Split the box into this many slabs of z planes, sampled by as many threads at once
+        (the compiled code releases the GIL); the result does not depend on it.
 
     Returns
     -------
@@ -202,7 +209,21 @@ def warp_sample(
     out: np.ndarray = np.empty(tuple(int(box_shape[a]) for a in perm), dtype=dtype)
     src = np.ascontiguousarray(array, np.float32 if order == 1 else None)
     flip = np.array(mirror, np.bool_)
-    _warp(src, out, _NO_COORDS, order, origin, box_shape, shape, c, float(cos), float(sin), d, flip, perm)
+    n = int(box_shape[0])
+    parts = max(1, min(int(threads), n))
+    cuts = [n * i // parts for i in range(parts + 1)]
+    cs, sn = float(cos), float(sin)
+
+    def run(i: int) -> None:
+        _warp(src, out, _NO_COORDS, order, origin, box_shape, shape, c, cs, sn, d, flip, perm, cuts[i], cuts[i + 1])
+
+    if parts == 1:
+        run(0)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(parts, thread_name_prefix="organet-warp") as pool:
+            list(pool.map(run, range(parts)))
     return out
 
 
@@ -218,5 +239,6 @@ def warp_coordinates(
     samples for ``box``; arguments as there."""
     origin, box_shape, shape, c, d = _args(box, in_shape, centre, disp)
     out = np.empty((3, *box_shape), np.float64)
-    _warp(_NO_ARRAY, _NO_ARRAY, out, 2, origin, box_shape, shape, c, float(cos), float(sin), d, _NO_FLIP, _NO_PERM)
+    cs, sn, n = float(cos), float(sin), int(box_shape[0])
+    _warp(_NO_ARRAY, _NO_ARRAY, out, 2, origin, box_shape, shape, c, cs, sn, d, _NO_FLIP, _NO_PERM, 0, n)
     return out

@@ -124,7 +124,10 @@ def _organet_predict(a: dict[str, Any]) -> dict[str, Any]:
     from organet.volumes import open_volume
 
     t0 = time.perf_counter()
-    predictor = Predictor.from_checkpoint(a["model"], tile=tuple(a["tile_in"]), batch_size=1, device="cpu")
+    tile = tuple(a["tile_in"]) if a.get("organet_tile") == "fixed" else None  # None: planned by memory
+    predictor = Predictor.from_checkpoint(
+        a["model"], tile=tile, batch_size=1, device="cpu", backend=a["backend"], memory_gib=a["memory_gib"]
+    )
     res = predict_volume(predictor, a["raw"], a["output"], overwrite=True)
     dt = time.perf_counter() - t0
     vol = open_volume(a["raw"])
@@ -134,6 +137,7 @@ def _organet_predict(a: dict[str, Any]) -> dict[str, Any]:
         "seconds": dt,
         "peak_mib": _peak_rss_mib(),
         "tiles": tiles,
+        "tile": "x".join(map(str, predictor.for_region(vol, res.roi).tile or ())),
         "blocks": res.blocks,
         "note": res.note,
         "parameters": n,
@@ -236,14 +240,14 @@ def _aligned_axis(n: int, out: int, factor: int) -> np.ndarray:
     return owner % factor == 0
 
 
-def compare(d: Path, tile_out: Sequence[int], factor: Sequence[int]) -> dict[str, float]:
+def compare(organet: Path, gunpowder: Path, tile_out: Sequence[int], factor: Sequence[int]) -> dict[str, float]:
     """Max |organet - gunpowder| foreground probability; on the grid-aligned region and overall."""
     import zarr
 
     from organet.volumes import open_volume
 
-    p_org = open_volume(str(d / "organet.zarr" / "probability")).read().astype(np.float32) / 255.0
-    p_gp = np.asarray(zarr.open_array(str(d / "gunpowder.zarr"), path="probability", mode="r")[...])
+    p_org = open_volume(str(organet / "probability")).read().astype(np.float32) / 255.0
+    p_gp = np.asarray(zarr.open_array(str(gunpowder), path="probability", mode="r")[...])
     diff = np.abs(p_org - p_gp)
     ax = [_aligned_axis(n, o, f) for n, o, f in zip(diff.shape, tile_out, factor)]
     sel = ax[0][:, None, None] & ax[1][None, :, None] & ax[2][None, None, :]
@@ -266,6 +270,15 @@ def _ratios(o: dict[str, Any], g: dict[str, Any] | None) -> tuple[float, str, st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", type=int, nargs=3, default=[300, 300, 300], help="prediction volume (voxels, z y x)")
+    ap.add_argument("--sweep", type=int, nargs="+", help="instead of --shape: cubes of these sides, one after another")
+    ap.add_argument(
+        "--organet-tile",
+        choices=("plan", "fixed"),
+        default="plan",
+        help="organet's tile: planned within the memory budget (as organet predict does) or the fixed --tile",
+    )
+    ap.add_argument("--backend", default="torch", help="organet's forward-pass backend (torch, openvino)")
+    ap.add_argument("--memory-gib", type=float, default=None, help="organet's memory budget (GiB)")
     ap.add_argument("--repeats", type=int, default=3, help="timed augmentation batches per side (after 1 warm-up)")
     ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads, both sides")
     ap.add_argument("--tile", type=int, default=None, help="network input per tile (isotropic; default 204, tiny 40)")
@@ -304,13 +317,14 @@ def main() -> None:
     train_shape = (max(up) + 64,) * 3
     n_params = count_parameters(UNet(cfg))
     cpu = platform.processor() or platform.machine()
+    volumes = " / ".join(f"{n}^3" for n in args.sweep) if args.sweep else "x".join(map(str, args.shape))
     print(
         f"# organet vs gunpowder, {cpu}, {args.threads} threads, torch {torch.__version__}, "
         f"gunpowder {_gp_version(args.gp_python) if gp else '(not run)'}\n"
     )
     print(
         f"U-Net {cfg.num_fmaps} fmaps, {len(cfg.downsample_factors)} downsamplings, {n_params:,} parameters; "
-        f"tile {tile[0]}^3 -> {tile_out[0]}^3; prediction volume {'x'.join(map(str, args.shape))}; "
+        f"tile {tile[0]}^3 -> {tile_out[0]}^3; prediction volume {volumes}; "
         f"augmentation input {tile[0]}^3 (organet upstream block {'x'.join(map(str, up))}, training volume "
         f"{train_shape[0]}^3); fp32, batch 1\n",
         flush=True,
@@ -322,7 +336,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = args.keep or Path(tmp)
         d.mkdir(parents=True, exist_ok=True)
-        _write_volume(d, None if args.skip_predict else args.shape, None if args.skip_augment else train_shape)
+        _write_volume(d, None, None if args.skip_augment else train_shape)
         _write_model(d, cfg, tile)
         common = {"threads": args.threads, "tile_in": list(tile), "tile_out": list(tile_out)}
         store = str(d / "data.zarr")
@@ -366,14 +380,19 @@ def main() -> None:
                     ("gunpowder", what, g["seconds"], f"{1 / g['seconds']:.3f} batch/s", g["peak_mib"], "1", "1")
                 )
 
-        if not args.skip_predict:
+        shapes = [(n, n, n) for n in args.sweep] if args.sweep else [tuple(args.shape)]
+        for shape in [] if args.skip_predict else shapes:
+            _write_volume(d, shape, None)
             o = _organet(
                 {
                     **common,
                     "mode": "predict",
                     "model": str(d / "model.pt"),
                     "raw": f"{store}/raw",
-                    "output": str(d / "organet.zarr"),
+                    "output": str(d / f"organet_{shape[0]}.zarr"),
+                    "organet_tile": args.organet_tile,
+                    "backend": args.backend,
+                    "memory_gib": args.memory_gib,
                 }
             )
             g = None
@@ -388,25 +407,24 @@ def main() -> None:
                         "state_dict": str(d / "state_dict.pt"),
                         "architecture": cfg.to_dict(),
                         "voxel_size": list(VOXEL_NM),
-                        "shape": list(args.shape),
-                        "output": str(d / "gunpowder.zarr"),
+                        "shape": list(shape),
+                        "output": str(d / f"gunpowder_{shape[0]}.zarr"),
                     },
                 )
             assert o["parameters"] == n_params and (g is None or g["parameters"] == n_params), (o, g, n_params)
             if o["note"]:
                 print(f"organet: note: {o['note']}", file=sys.stderr)
-            n = float(np.prod(args.shape))
-            what = f"predict {'x'.join(map(str, args.shape))}"
+            n = float(np.prod(shape))
+            what = f"predict {'x'.join(map(str, shape))}"
             blocks = f"{o['blocks']} block{'s' if o['blocks'] > 1 else ''}"
-            rows.append(
-                ("organet", f"{what} ({o['tiles']} tiles, {blocks})", o["seconds"], f"{n / o['seconds']:,.0f} vox/s")
-                + _ratios(o, g)
-            )
+            how = f"{o['tiles']} tiles of {o['tile']}, {blocks}, {args.backend}"
+            rows.append(("organet", f"{what} ({how})", o["seconds"], f"{n / o['seconds']:,.0f} vox/s") + _ratios(o, g))
             if g is not None:
+                gtiles = int(np.prod([-(-x // tile_out[0]) for x in shape]))
                 rows.append(
                     (
                         "gunpowder",
-                        f"{what} (Scan)",
+                        f"{what} (Scan, {gtiles} tiles of {tile[0]}^3)",
                         g["seconds"],
                         f"{n / g['seconds']:,.0f} vox/s",
                         g["peak_mib"],
@@ -414,7 +432,9 @@ def main() -> None:
                         "1",
                     )
                 )
-                cmp = compare(d, tile_out, cfg.total_factor)
+                outs = (d / f"organet_{shape[0]}.zarr", d / f"gunpowder_{shape[0]}.zarr")
+                cmp = compare(*outs, tile_out, cfg.total_factor)
+            print("| " + " | ".join(str(x) for x in rows[-1 if g is None else -2]) + " |", flush=True)
     print("\n| side | what | seconds | throughput | peak RSS MiB | time organet/gunpowder | RSS organet/gunpowder |")
     print("|---|---|---|---|---|---|---|")
     for side, what, s, thr, mib, rt, rm in rows + aug_rows:

@@ -434,7 +434,8 @@ def main() -> None:
                 )
                 outs = (d / f"organet_{shape[0]}.zarr", d / f"gunpowder_{shape[0]}.zarr")
                 cmp = compare(*outs, tile_out, cfg.total_factor)
-            print("| " + " | ".join(str(x) for x in rows[-1 if g is None else -2]) + " |", flush=True)
+            side_, what_, sec, thr, mib, rt, rm = rows[-1 if g is None else -2]
+            print(f"| {side_} | {what_} | {sec:.2f} | {thr} | {mib:.0f} | {rt} | {rm} |", flush=True)
     print("\n| side | what | seconds | throughput | peak RSS MiB | time organet/gunpowder | RSS organet/gunpowder |")
     print("|---|---|---|---|---|---|---|")
     for side, what, s, thr, mib, rt, rm in rows + aug_rows:

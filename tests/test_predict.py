@@ -373,3 +373,26 @@ def test_a_non_integer_voxel_size_ratio_is_resampled(files, tmp_path):
     assert prob.shape == (30, 30, 30) and prob.voxel_size == (7, 7, 7)
     assert prob.attrs["resampled"]["to_model"]["scale"] == [round(10 / 7, 6)] * 3
     assert prob.attrs["resampled"]["to_model"]["modes"] == ["area"] * 3
+
+
+def test_cpu_torch_network_runs_channels_last_with_the_contiguous_result(files):
+    """A checkpoint's network on the CPU is kept in oneDNN's channels-last layout (faster, see
+    docs/benchmarks.md); its probabilities equal the plain layout's within float rounding."""
+    import torch
+
+    from organet.model.checkpoint import load_checkpoint
+    from organet.predict.predictor import _cached_model
+    from organet.predict.tiled import channels_last
+
+    net = _cached_model(str(files / "model.pt"), "cpu")
+    assert channels_last(net)
+    plain = load_checkpoint(files / "model.pt").build_model().eval()
+    assert not channels_last(plain)
+    vol = open_volume(files / "raw.zarr")
+    fast = Predictor.from_checkpoint(files / "model.pt", tile=TILE, device="cpu").predict(vol, ROI)
+    slow = Predictor.from_model(plain, (5.0, 5.0, 5.0), Normalization(), tile=TILE, device="cpu").predict(vol, ROI)
+    assert fast.shape == slow.shape == ROI.shape
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
+    with torch.no_grad():
+        x = torch.rand(1, 1, *TILE)
+        np.testing.assert_allclose(net(x.contiguous(memory_format=torch.channels_last_3d)), plain(x), atol=1e-5)

@@ -266,6 +266,15 @@ class OpenVinoNetwork:
         return torch.from_numpy(np.array(out, dtype=np.float32))
 
 
+def channels_last(model: Any) -> bool:
+    """Whether ``model`` is a torch network whose convolution weights are in the
+    ``channels_last_3d`` layout (then its inputs are given in that layout too)."""
+    if not isinstance(model, torch.nn.Module):
+        return False
+    ws = [p for p in model.parameters() if p.dim() == 5 and p.shape[1] > 1 and p.shape[2:].numel() > 1]
+    return bool(ws) and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in ws)
+
+
 @torch.no_grad()
 def run_tiles(
     model: UNet | Callable[[torch.Tensor], torch.Tensor],
@@ -294,6 +303,7 @@ def run_tiles(
     device = torch.device(device)
     if isinstance(model, torch.nn.Module):
         model = model.to(device).eval()
+    fmt = torch.channels_last_3d if channels_last(model) else torch.contiguous_format
     prec = resolve_precision(precision, device)
     variants = tta_variants(tta, grid.tile_in)
     ctx = grid.context
@@ -326,6 +336,7 @@ def run_tiles(
             for flips, transpose in variants:
                 xv = xt.flip(flips) if flips else xt
                 xv = xv.transpose(3, 4) if transpose else xv
+                xv = xv.contiguous(memory_format=fmt)
                 with torch.autocast(device.type, dtype=_AUTOCAST.get(prec, torch.bfloat16), enabled=prec != "fp32"):
                     logits = model(xv)
                 pv = torch.softmax(logits.float(), dim=1)[:, 1]

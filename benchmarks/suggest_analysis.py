@@ -47,12 +47,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from organet.annotate.suggest import binary_entropy
     from organet.volumes import open_volume, parse_roi
-    from organet.volumes.foreground import as_probability
+    from organet.volumes.foreground import as_probability, prediction_kind
 
     lab = open_volume(lab_path)
     truth = lab.read() > 0
     pvol = open_volume(pred_path)
-    p = as_probability(pvol.read(), pvol).astype(np.float32)
+    p = as_probability(pvol.read(), prediction_kind(pvol)).astype(np.float32)
     wrong = (p > 0.5) != truth
     h = binary_entropy(p).astype(np.float32)
 
